@@ -1,0 +1,25 @@
+# Two entry points (see README): `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CORES  ?= all
+
+.PHONY: demo test venv clean-results
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: envs/requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	# every version is pinned in the lock; torch==2.13.0 resolves to the local CPU wheel here
+	$(PY) -m pip install -q -r envs/requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+demo: venv
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile config.yaml
+
+test: venv
+	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+clean-results:
+	rm -rf results resources .snakemake

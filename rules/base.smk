@@ -1,0 +1,35 @@
+# Base models: built locally (tiny scale) or downloaded pinned (full scale).
+
+
+rule tiny_base:
+    input:
+        sorted(str(p) for p in (Path(workflow.basedir) / "fixtures" / "hub").rglob("*") if p.is_file()),
+    output:
+        directory("resources/base/tiny"),
+    params:
+        spec=lambda wc: plan.dumps(plan.tiny_base_spec(next(iter(RECIPES.values())))),
+    threads: THREADS
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    log:
+        "logs/base/tiny_base.log",
+    shell:
+        ENV + "python -m reprotune tiny-base --spec {params.spec:q} --texts {input:q} --out {output} > {log} 2>&1"
+
+
+rule download_base:
+    output:
+        directory("resources/base/{slug}"),
+    params:
+        spec=lambda wc: plan.dumps(
+            plan.base_download_spec(next(r for r in RECIPES.values() if plan.base_dir(r).endswith(wc.slug)))
+        ),
+    threads: THREADS
+    resources:
+        mem_mb=4000,
+        runtime=600,
+    log:
+        "logs/base/{slug}.log",
+    shell:
+        ENV + "python -m reprotune download --model --spec {params.spec:q} --out {output} > {log} 2>&1"

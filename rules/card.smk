@@ -1,0 +1,47 @@
+# Provenance lock and the rendered model card.
+
+
+rule provenance:
+    input:
+        lambda wc: list(plan.provenance_inputs(R(wc)).values()),
+    output:
+        "results/{recipe}/provenance.json",
+    params:
+        spec=lambda wc: plan.dumps(plan.provenance_spec(R(wc), CFG["overlay"])),
+        pairs=lambda wc: " ".join(f"{k}={v}" for k, v in plan.provenance_inputs(R(wc)).items()),
+    threads: THREADS
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    log:
+        "logs/{recipe}/provenance.log",
+    shell:
+        ENV + "python -m reprotune provenance --spec {params.spec:q} --input {params.pairs} --out {output} > {log} 2>&1"
+
+
+rule card:
+    input:
+        reports=lambda wc: [f"{plan.data_dir(wc.recipe, a)}" for a in sorted(R(wc)["adapters"])],
+        adapters=lambda wc: [plan.adapter_dir(wc.recipe, a) for a in sorted(R(wc)["adapters"])],
+        model="results/{recipe}/model",
+        results="results/{recipe}/eval/results.json",
+        provenance="results/{recipe}/provenance.json",
+    output:
+        card="results/{recipe}/README.md",
+        adapter_cards=directory("results/{recipe}/adapter_cards"),
+    params:
+        spec=lambda wc: plan.dumps(plan.card_spec(R(wc))),
+        adapter_readmes=lambda wc: " ".join(
+            f"{a}=results/{wc.recipe}/adapter_cards/{a}.md"
+            for a in sorted(R(wc)["adapters"])
+            if R(wc)["adapters"][a]["train"]["method"] != "full"
+        ),
+    threads: THREADS
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    log:
+        "logs/{recipe}/card.log",
+    shell:
+        ENV + "mkdir -p {output.adapter_cards} && python -m reprotune card --spec {params.spec:q} --out {output.card} "
+        "--adapter-readme {params.adapter_readmes} > {log} 2>&1"

@@ -1,0 +1,68 @@
+# Data: download pinned source files, clean each source, mix per adapter.
+
+
+def _mirror_inputs(wc):
+    """In mirror mode the mirror files are inputs, so an edited fixture reruns its source."""
+    mirror = MIRROR[wc.recipe]
+    if mirror is None:
+        return []
+    repo = R(wc)["sources"][wc.source]["repo"]
+    root = mirror / "datasets" / repo
+    return sorted(str(p) for p in root.rglob("*") if p.is_file())
+
+
+rule download_source:
+    input:
+        _mirror_inputs,
+    output:
+        directory("resources/sources/{recipe}/{source}"),
+    params:
+        spec=lambda wc: plan.dumps(plan.download_spec(R(wc), wc.source)),
+        mirror=lambda wc: f"--mirror {MIRROR[wc.recipe]}" if MIRROR[wc.recipe] else "",
+    threads: THREADS
+    resources:
+        mem_mb=lambda wc: plan.resources_for("download", R(wc))["mem_mb"],
+        runtime=lambda wc: plan.resources_for("download", R(wc))["runtime"],
+    log:
+        "logs/{recipe}/download/{source}.log",
+    shell:
+        ENV + "python -m reprotune download --spec {params.spec:q} {params.mirror} --out {output} > {log} 2>&1"
+
+
+rule clean_source:
+    input:
+        "resources/sources/{recipe}/{source}",
+    output:
+        directory("results/{recipe}/clean/{source}"),
+    params:
+        spec=lambda wc: plan.dumps(plan.clean_spec(R(wc), wc.source)),
+    threads: THREADS
+    resources:
+        mem_mb=lambda wc: plan.resources_for("clean", R(wc))["mem_mb"],
+        runtime=lambda wc: plan.resources_for("clean", R(wc))["runtime"],
+    log:
+        "logs/{recipe}/clean/{source}.log",
+    shell:
+        ENV + "python -m reprotune clean --spec {params.spec:q} --input {input} --out {output} > {log} 2>&1"
+
+
+def _mix_inputs(wc):
+    return {s: plan.clean_dir(wc.recipe, s) for s in sorted(R(wc)["adapters"][wc.adapter]["data"]["mix"])}
+
+
+rule mix:
+    input:
+        unpack(_mix_inputs),
+    output:
+        directory("results/{recipe}/data/{adapter}"),
+    params:
+        spec=lambda wc: plan.dumps(plan.mix_spec(R(wc), wc.adapter)),
+        pairs=lambda wc, input: " ".join(f"{k}={v}" for k, v in sorted(input.items())),
+    threads: THREADS
+    resources:
+        mem_mb=lambda wc: plan.resources_for("mix", R(wc))["mem_mb"],
+        runtime=lambda wc: plan.resources_for("mix", R(wc))["runtime"],
+    log:
+        "logs/{recipe}/mix/{adapter}.log",
+    shell:
+        ENV + "python -m reprotune mix --spec {params.spec:q} --clean {params.pairs} --out {output} > {log} 2>&1"

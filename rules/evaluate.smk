@@ -1,0 +1,22 @@
+# Evaluation with lm-evaluation-harness (leaderboard v1 suite, or its tiny local twin).
+
+
+rule evaluate:
+    input:
+        "results/{recipe}/model",
+    output:
+        results="results/{recipe}/eval/results.json",
+        summary="results/{recipe}/eval/summary.json",
+    params:
+        spec=lambda wc: plan.dumps(plan.eval_spec(R(wc))),
+        offline=offline_env,
+    threads: THREADS
+    resources:
+        gpu=lambda wc: plan.resources_for("evaluate", R(wc))["gpu"],
+        mem_mb=lambda wc: plan.resources_for("evaluate", R(wc))["mem_mb"],
+        runtime=lambda wc: plan.resources_for("evaluate", R(wc))["runtime"],
+    log:
+        "logs/{recipe}/evaluate.log",
+    shell:
+        ENV + "{params.offline}"
+        "python -m reprotune evaluate --spec {params.spec:q} --model {input} --out {output.results} > {log} 2>&1"

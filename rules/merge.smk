@@ -1,0 +1,28 @@
+# Merge: adapters into the base (plain, QLoRA dequantize-then-merge, combination), or copy full weights.
+
+
+def _merge_adapters(wc):
+    return {a: plan.adapter_dir(wc.recipe, a) for a in plan.merge_adapters(R(wc))}
+
+
+rule merge:
+    input:
+        unpack(_merge_adapters),
+        base=lambda wc: plan.base_dir(R(wc)),
+    output:
+        directory("results/{recipe}/model"),
+    params:
+        spec=lambda wc: plan.dumps(plan.merge_spec(R(wc))),
+        pairs=lambda wc: " ".join(f"{a}={plan.adapter_dir(wc.recipe, a)}" for a in plan.merge_adapters(R(wc))),
+        offline=offline_env,
+    threads: THREADS
+    resources:
+        gpu=lambda wc: plan.resources_for("merge", R(wc))["gpu"],
+        mem_mb=lambda wc: plan.resources_for("merge", R(wc))["mem_mb"],
+        runtime=lambda wc: plan.resources_for("merge", R(wc))["runtime"],
+    log:
+        "logs/{recipe}/merge.log",
+    shell:
+        ENV + "{params.offline}"
+        "python -m reprotune merge --spec {params.spec:q} --base {input.base} --adapter {params.pairs} "
+        "--out {output} > {log} 2>&1"

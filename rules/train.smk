@@ -1,0 +1,25 @@
+# Training: one job per adapter, under `accelerate launch` (CPU, one GPU, DDP or DeepSpeed).
+
+
+rule train:
+    input:
+        data="results/{recipe}/data/{adapter}",
+        base=lambda wc: plan.base_dir(R(wc)),
+    output:
+        directory("results/{recipe}/adapters/{adapter}"),
+    params:
+        spec=lambda wc: plan.dumps(plan.train_spec(R(wc), wc.adapter)),
+        launch=lambda wc: plan.accelerate_args(R(wc), wc.adapter, CFG["accelerate_config"]),
+        work="results/{recipe}/checkpoints/{adapter}",
+        offline=offline_env,
+    threads: THREADS
+    resources:
+        gpu=lambda wc: plan.resources_for("train", R(wc), wc.adapter)["gpu"],
+        mem_mb=lambda wc: plan.resources_for("train", R(wc), wc.adapter)["mem_mb"],
+        runtime=lambda wc: plan.resources_for("train", R(wc), wc.adapter)["runtime"],
+    log:
+        "logs/{recipe}/train/{adapter}.log",
+    shell:
+        ENV + "{params.offline}"
+        "accelerate launch {params.launch} -m reprotune.train --spec {params.spec:q} "
+        "--data {input.data} --base {input.base} --out {output} --work {params.work} > {log} 2>&1"

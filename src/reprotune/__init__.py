@@ -1,0 +1,3 @@
+"""reprotune: rebuild published fine-tuned LLMs from pinned recipes."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,204 @@
+"""Command line: ``python -m reprotune <stage> ...`` — what the Snakemake rules call.
+
+Each sub-command parses paths and a JSON ``--spec`` (the slice of the resolved
+recipe the stage needs, handed over by the rule's ``params`` so that Snakemake
+reruns a job exactly when its slice changes) and calls one stage function.
+
+Errors that are the user's to fix (bad recipe, hash mismatch, schema mismatch of
+a data file, unknown names) are printed as one line ``reprotune: error: ...``
+with exit status 2; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("reprotune")
+
+
+def _pairs(values: list[str] | None) -> dict[str, Path]:
+    out = {}
+    for v in values or []:
+        name, sep, path = v.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"reprotune: error: expected NAME=PATH, got {v!r}")
+        out[name] = Path(path)
+    return out
+
+
+def _spec(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"reprotune: error: --spec is not valid JSON ({e})") from None
+
+
+def cmd_validate(a) -> int:
+    from .recipe import load_recipe
+
+    for path in a.recipes:
+        r = load_recipe(path, a.overlay)
+        print(f"ok  {path}  ({r['scale']} scale, adapters: {', '.join(sorted(r['adapters']))})")
+    return 0
+
+
+def cmd_tiny_base(a) -> int:
+    from . import tinybase
+
+    tinybase.build(_spec(a.spec), sorted(Path(p) for p in a.texts), Path(a.out))
+    return 0
+
+
+def cmd_download(a) -> int:
+    from . import download
+
+    mirror = Path(a.mirror) if a.mirror else None
+    if a.model:
+        download.fetch_model(_spec(a.spec), Path(a.out), mirror)
+    else:
+        download.fetch_dataset(_spec(a.spec), Path(a.out), mirror)
+    return 0
+
+
+def cmd_clean(a) -> int:
+    from . import clean
+
+    report = clean.clean_source(_spec(a.spec), Path(a.input), Path(a.out))
+    log.info("cleaned %s: %s read, %s kept", report.get("source"), report.get("rows_read"), report.get("rows_kept"))
+    return 0
+
+
+def cmd_mix(a) -> int:
+    from . import mix
+
+    mix.mix(_spec(a.spec), _pairs(a.clean), Path(a.out))
+    return 0
+
+
+def cmd_merge(a) -> int:
+    from . import merge
+
+    merge.merge(_spec(a.spec), Path(a.base), _pairs(a.adapter), Path(a.out))
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from . import evaluate
+
+    evaluate.evaluate(_spec(a.spec), Path(a.model), Path(a.out))
+    return 0
+
+
+def cmd_provenance(a) -> int:
+    from . import provenance
+
+    provenance.write(_spec(a.spec), _pairs(a.input), Path(a.out))
+    return 0
+
+
+def cmd_card(a) -> int:
+    from .card import render
+
+    spec = _spec(a.spec)
+    render.render(spec, Path(a.out))
+    if a.adapter_readme:
+        for name, path in sorted(_pairs(a.adapter_readme).items()):
+            render.render_adapter(spec, name, path)
+    return 0
+
+
+def cmd_diff(a) -> int:
+    from . import provenance
+    from .io import read_json
+
+    lines = provenance.diff(read_json(a.a), read_json(a.b))
+    for line in lines:
+        print(line)
+    if not lines:
+        print("identical")
+    return 1 if lines else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reprotune", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("validate", help="validate recipes (and an overlay)")
+    s.add_argument("recipes", nargs="+")
+    s.add_argument("--overlay")
+    s.set_defaults(fn=cmd_validate)
+
+    s = sub.add_parser("tiny-base", help="build the tiny base model and tokenizer")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--texts", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_tiny_base)
+
+    s = sub.add_parser("download", help="fetch pinned files of a dataset (or model) repo")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--mirror", help="read from this local mirror instead of the Hub")
+    s.add_argument("--model", action="store_true", help="the repo is a model repo")
+    s.set_defaults(fn=cmd_download)
+
+    s = sub.add_parser("clean", help="read one source into normalized records and filter them")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--input", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_clean)
+
+    s = sub.add_parser("mix", help="sample cleaned sources into one adapter's training data")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--clean", nargs="+", required=True, metavar="SOURCE=DIR")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_mix)
+
+    s = sub.add_parser("merge", help="merge adapters into the base model")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--base", required=True)
+    s.add_argument("--adapter", nargs="+", required=True, metavar="NAME=DIR")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_merge)
+
+    s = sub.add_parser("evaluate", help="run lm-evaluation-harness on a model")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--model", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("provenance", help="write provenance.json")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--input", nargs="*", metavar="NAME=PATH")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_provenance)
+
+    s = sub.add_parser("card", help="render the model card")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--adapter-readme", nargs="*", metavar="ADAPTER=PATH")
+    s.set_defaults(fn=cmd_card)
+
+    s = sub.add_parser("diff", help="say what differs between two provenance.json files")
+    s.add_argument("a")
+    s.add_argument("b")
+    s.set_defaults(fn=cmd_diff)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except Exception as e:  # user-facing errors: one line, no traceback
+        if type(e).__module__.startswith("reprotune") and type(e).__name__.endswith("Error"):
+            print(f"reprotune: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Load, validate and overlay recipes.
+
+A recipe is pure configuration read from one published model card. It is
+validated against ``schemas/recipe.schema.yaml`` plus a few cross-field rules
+that a JSON schema cannot express. Every problem is reported as ONE line that
+names the file, the key and what was expected (``RecipeError``); callers print
+it and exit non-zero, never a traceback.
+
+An overlay (``overlays/tiny.yaml``) is applied on top of the validated recipe to
+change the scale of a build: it swaps the base model, points sources at the
+fixture mirror, merges its ``train`` block into every adapter and its ``eval``
+block into ``eval``. The result is validated again, so an overlay cannot smuggle
+in a setting the recipe schema would reject.
+"""
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+
+
+class RecipeError(ValueError):
+    """A recipe, overlay or config is invalid; str(err) is one printable line."""
+
+
+@lru_cache(maxsize=None)
+def _schema(name: str) -> dict:
+    with open(SCHEMA_DIR / f"{name}.schema.yaml", encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _key_path(path) -> str:
+    parts = [str(p) for p in path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def _describe(err: jsonschema.ValidationError) -> str:
+    """Turn a jsonschema error into 'key: problem (expected ...)'."""
+    key = _key_path(err.absolute_path)
+    v = err.validator
+    if v == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
+        pre = f"{key}." if err.absolute_path else ""
+        names = ", ".join(f"'{pre}{e}'" for e in extra) or key
+        hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
+        return f"unknown key {names}{hint}"
+    if v == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else err.message
+        pre = f"{key}." if err.absolute_path else ""
+        return f"missing required key '{pre}{missing}'"
+    if v == "enum":
+        opts = ", ".join(repr(o) for o in err.validator_value)
+        return f"key '{key}': {err.instance!r} is not allowed (expected one of: {opts})"
+    if v == "const":
+        return f"key '{key}': {err.instance!r} is not allowed (expected {err.validator_value!r})"
+    if v == "type":
+        exp = err.validator_value
+        exp = " or ".join(exp) if isinstance(exp, list) else exp
+        return f"key '{key}': {err.instance!r} has the wrong type (expected {exp})"
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        sym = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[v]
+        return f"key '{key}': {err.instance!r} is out of range (expected {sym} {err.validator_value})"
+    if v == "pattern":
+        return f"key '{key}': {err.instance!r} does not match the pattern {err.validator_value}"
+    if v == "propertyNames":
+        return f"key '{key}': a name does not match {err.validator_value}"
+    if v == "oneOf" and isinstance(err.instance, dict) and "fraction" in str(err.schema):
+        if {"fraction", "count"} <= set(err.instance):
+            return f"key '{key}': give either 'fraction' or 'count', not both"
+        if not ({"fraction", "count"} & set(err.instance)):
+            return f"key '{key}': needs 'fraction' or 'count'"
+    if v == "minProperties":
+        return f"key '{key}': must not be empty"
+    if v == "minItems":
+        return f"key '{key}': needs at least {err.validator_value} item(s)"
+    return f"key '{key}': {err.message}"
+
+
+def validate(data: Any, schema_name: str, source: str) -> None:
+    """Validate ``data`` against a repo schema; raise RecipeError with one line."""
+    validator = jsonschema.Draft202012Validator(_schema(schema_name))
+    errors = list(validator.iter_errors(data))
+    if not errors:
+        return
+    # report the most specific error first (deepest path), deterministically
+    def rank(e):
+        return (-len(e.absolute_path), _key_path(e.absolute_path), e.validator)
+    best = jsonschema.exceptions.best_match(errors)
+    # for oneOf/anyOf, descend into the most relevant context error
+    while best.context:
+        best = sorted(best.context, key=rank)[0]
+    raise RecipeError(f"{source}: {_describe(best)}")
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"{path}:{where} invalid YAML ({problem})") from None
+
+
+def check_semantics(recipe: dict, source: str) -> None:
+    """Cross-field rules the JSON schema cannot express."""
+    def fail(key: str, msg: str):
+        raise RecipeError(f"{source}: key '{key}': {msg}")
+
+    sources = recipe["sources"]
+    adapters = recipe["adapters"]
+    for name, ad in sorted(adapters.items()):
+        tr = ad["train"]
+        base = f"adapters.{name}.train"
+        if tr["method"] in ("lora", "qlora") and "lora" not in tr:
+            fail(f"{base}.lora", f"method {tr['method']} needs a 'lora' block (r, alpha)")
+        if tr["method"] == "full" and "lora" in tr:
+            fail(f"{base}.lora", "a full fine-tune takes no LoRA settings (method is 'full')")
+        if tr["method"] != "qlora" and "quantization" in tr:
+            fail(f"{base}.quantization", f"quantization is only for method 'qlora' (method is '{tr['method']}')")
+        if tr["method"] == "qlora" and "quantization" not in tr:
+            fail(f"{base}.quantization", "method qlora needs a 'quantization' block (quant_type, double_quant, compute_dtype)")
+        for src in sorted(ad["data"]["mix"]):
+            if src not in sources:
+                fail(f"adapters.{name}.data.mix.{src}", f"unknown source (defined sources: {', '.join(sorted(sources))})")
+    merge = recipe["merge"]
+    method = merge["method"]
+    methods = {ad["train"]["method"] for ad in adapters.values()}
+    if method == "none":
+        if methods != {"full"} or len(adapters) != 1:
+            fail("merge.method", "'none' is only for a single full fine-tune adapter")
+    elif "full" in methods:
+        fail("merge.method", f"'{method}' merges adapters, but an adapter is a full fine-tune (use 'none')")
+    if method == "combine":
+        comb = merge.get("combine")
+        if not comb:
+            fail("merge.combine", "merge method 'combine' needs a 'combine' block")
+        for a in comb["adapters"]:
+            if a not in adapters:
+                fail("merge.combine.adapters", f"unknown adapter '{a}' (defined: {', '.join(sorted(adapters))})")
+        if len(comb["weights"]) != len(comb["adapters"]):
+            fail("merge.combine.weights", f"{len(comb['weights'])} weights for {len(comb['adapters'])} adapters")
+        if comb["combination_type"] in ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"):
+            ranks = {adapters[a]["train"]["lora"]["r"] for a in comb["adapters"]}
+            if len(ranks) > 1:
+                fail("merge.combine.combination_type",
+                     f"'{comb['combination_type']}' needs adapters of equal rank (got r={sorted(ranks)}); use cat or svd")
+        if comb["combination_type"].startswith(("ties", "dare", "magnitude")) and comb.get("density") is None:
+            fail("merge.combine.density", f"'{comb['combination_type']}' needs a density in (0, 1]")
+    elif len(adapters) > 1:
+        fail("merge.method", f"'{method}' merges one adapter, but the recipe trains {len(adapters)} (use 'combine')")
+    if method == "qlora_dequant" and methods != {"qlora"}:
+        fail("merge.method", "'qlora_dequant' is for QLoRA adapters (train.method qlora)")
+    if recipe["base_model"].get("trust_remote_code") and not recipe["base_model"].get("revision"):
+        fail("base_model.trust_remote_code", "true only with a pinned base_model.revision")
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def apply_overlay(recipe: dict, overlay: dict | None) -> dict:
+    """Return the resolved recipe: recipe + overlay, plus ``scale`` and ``hub_mirror``."""
+    r = copy.deepcopy(recipe)
+    if not overlay:
+        r["scale"] = "full"
+        r["hub_mirror"] = None
+        return r
+    r["scale"] = overlay["scale"]
+    r["hub_mirror"] = overlay.get("hub_mirror")
+    if "base_model" in overlay:
+        r["full_base_model"] = r["base_model"]
+        r["base_model"] = copy.deepcopy(overlay["base_model"])
+    for ad in r["adapters"].values():
+        ad["train"] = _deep_merge(ad["train"], overlay.get("train", {}))
+    r["eval"] = _deep_merge(r["eval"], overlay.get("eval", {}))
+    r["merge"] = _deep_merge(r["merge"], overlay.get("merge", {}))
+    return r
+
+
+def load_overlay(path: str | Path | None) -> dict | None:
+    if not path:
+        return None
+    data = read_yaml(path)
+    validate(data, "overlay", str(path))
+    return data
+
+
+def load_recipe(path: str | Path, overlay: str | Path | dict | None = None) -> dict:
+    """Load, validate, overlay and re-validate one recipe. Raises RecipeError."""
+    path = Path(path)
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping at the top level")
+    validate(data, "recipe", str(path))
+    check_semantics(data, str(path))
+    if data["id"] != path.stem:
+        raise RecipeError(f"{path}: key 'id': {data['id']!r} must equal the file name '{path.stem}'")
+    ov = load_overlay(overlay) if not isinstance(overlay, dict) else overlay
+    resolved = apply_overlay(data, ov)
+    check = {k: v for k, v in resolved.items() if k not in ("scale", "hub_mirror", "full_base_model")}
+    src = f"{path} + {overlay}" if overlay and not isinstance(overlay, dict) else str(path)
+    validate(check, "recipe", src)
+    check_semantics(check, src)
+    return resolved
+
+
+def load_config(config: dict, source: str = "config") -> dict:
+    """Validate the workflow config (already parsed) and fill defaults."""
+    validate(config, "config", source)
+    cfg = dict(config)
+    cfg.setdefault("recipes_dir", "recipes")
+    cfg.setdefault("overlay", None)
+    cfg.setdefault("accelerate_config", None)
+    return cfg
