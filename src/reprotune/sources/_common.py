@@ -1,0 +1,306 @@
+"""Shared plumbing for the source readers: file iteration, rejects, turn normalization.
+
+Readers only normalize *structure* (roles, system prompts, nesting). Content
+filtering (refusals, duplicates, empty turns, length) belongs to ``filters.py``.
+Every row that cannot be turned into a record becomes a reject with a short
+snake_case reason; only a file that does not look like the format at all raises
+:class:`SchemaError`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pyarrow.parquet as pq
+
+MAX_STR = 500      # characters kept per string in a reject's "row"
+MAX_ITEMS = 50     # items kept per list in a reject's "row"
+BATCH_ROWS = 1024  # parquet rows per streamed batch
+
+USER_ROLES = frozenset({"human", "user", "prompter"})
+ASSISTANT_ROLES = frozenset({"gpt", "assistant", "chatgpt"})
+SYSTEM_ROLES = frozenset({"system"})
+
+
+class SchemaError(ValueError):
+    """A file whose columns/keys do not match the reader's format (one-line message)."""
+
+
+class RowError(Exception):
+    """Internal: the current row is malformed; ``reason`` becomes the reject reason."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# ----------------------------------------------------------------------------- options
+def merge_options(fmt: str, options: dict | None, defaults: dict) -> dict:
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"{fmt}: unknown option(s) {unknown}; known options: {sorted(defaults)}"
+        )
+    merged = dict(defaults)
+    merged.update(options)
+    return merged
+
+
+def as_str_list(value: Any, fmt: str, name: str) -> list[str] | None:
+    """Option that may be null, a string or a list of strings."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"{fmt}: option {name!r} must be null, a string or a list of strings")
+
+
+def sorted_files(files: Iterable[Path | str]) -> list[Path]:
+    """Deterministic file order regardless of how a glob listed them."""
+    return sorted((Path(f) for f in files), key=lambda p: str(p))
+
+
+# ----------------------------------------------------------------------------- output
+def excerpt(obj: Any, limit: int = MAX_STR) -> Any:
+    """JSON-safe copy of a raw row with long strings and lists truncated."""
+    if isinstance(obj, str):
+        if len(obj) > limit:
+            return obj[:limit] + f"...[+{len(obj) - limit} chars]"
+        return obj
+    if isinstance(obj, bytes):
+        return excerpt(obj.decode("utf-8", errors="replace"), limit)
+    if obj is None or isinstance(obj, (bool, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else str(obj)
+    if isinstance(obj, dict):
+        return {str(k): excerpt(v, limit) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [excerpt(v, limit) for v in obj[:MAX_ITEMS]]
+        if len(obj) > MAX_ITEMS:
+            items.append(f"...[+{len(obj) - MAX_ITEMS} items]")
+        return items
+    return excerpt(str(obj), limit)
+
+
+def reject(source: str, rowid: Any, reason: str, row: Any) -> dict:
+    return {"id": f"{source}/{rowid}", "source": source, "reason": reason, "row": excerpt(row)}
+
+
+def record(source: str, rowid: Any, system: str, messages: list[dict], input: str | None = None) -> dict:
+    rec = {"id": f"{source}/{rowid}", "source": source, "system": system, "messages": messages}
+    if input is not None and input.strip():
+        rec["input"] = input
+    return rec
+
+
+class UniqueIds:
+    """Row ids from the data are not always unique; suffix repeats with ``#<n>``."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    def __call__(self, rowid: Any) -> str:
+        rowid = str(rowid)
+        n = self._seen.get(rowid, 0) + 1
+        self._seen[rowid] = n
+        return rowid if n == 1 else f"{rowid}#{n}"
+
+
+# ----------------------------------------------------------------------------- field access
+def get_str(row: dict, key: str, *, optional: bool = False) -> str:
+    """A string field; missing/null/wrong type raise RowError (optional -> "")."""
+    if key not in row:
+        if optional:
+            return ""
+        raise RowError("missing_field")
+    value = row[key]
+    if value is None:
+        if optional:
+            return ""
+        raise RowError("null_field")
+    if not isinstance(value, str):
+        raise RowError("bad_type")
+    return value
+
+
+def row_id(row: dict, key: str | None, index: int) -> str:
+    """The data's own id when it has a usable one, else the row index."""
+    if key:
+        value = row.get(key)
+        if isinstance(value, str) and value.strip():
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+    return str(index)
+
+
+# ----------------------------------------------------------------------------- turns
+def map_role(role: Any) -> str:
+    if not isinstance(role, str):
+        raise RowError("bad_type")
+    r = role.strip().lower()
+    if r in USER_ROLES:
+        return "user"
+    if r in ASSISTANT_ROLES:
+        return "assistant"
+    if r in SYSTEM_ROLES:
+        return "system"
+    raise RowError("unknown_role")
+
+
+def normalize_turns(turns: Any, role_key: str, content_key: str) -> tuple[str, list[dict]]:
+    """Raw role/content turns -> (system, alternating user/assistant messages).
+
+    A leading system turn becomes the system prompt; anything that breaks the
+    contract (first turn not user, two turns of one role in a row, last turn not
+    assistant, system turn later on) raises RowError with the reason.
+    """
+    if not isinstance(turns, list):
+        raise RowError("bad_type")
+    if not turns:
+        raise RowError("empty_conversation")
+    system = ""
+    messages: list[dict] = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise RowError("bad_type")
+        if role_key not in turn or content_key not in turn:
+            raise RowError("missing_field")
+        role = map_role(turn[role_key])
+        content = turn[content_key]
+        if content is None:
+            raise RowError("null_field")
+        if not isinstance(content, str):
+            raise RowError("bad_type")
+        if role == "system":
+            if i != 0:
+                raise RowError("system_not_first")
+            system = content
+            continue
+        messages.append({"role": role, "content": content})
+    check_alternation(messages)
+    return system, messages
+
+
+def check_alternation(messages: list[dict]) -> None:
+    if not messages:
+        raise RowError("empty_conversation")
+    if messages[0]["role"] != "user":
+        raise RowError("first_not_user")
+    for prev, cur in zip(messages, messages[1:]):
+        if prev["role"] == cur["role"]:
+            raise RowError("non_alternating")
+    if messages[-1]["role"] != "assistant":
+        raise RowError("last_not_assistant")
+
+
+# ----------------------------------------------------------------------------- file readers
+def _schema_error(path: Path, missing: Iterable[str], present: Iterable[str], known: Iterable[str],
+                  what: str = "columns") -> SchemaError:
+    missing = sorted(missing)
+    extra = sorted(set(present) - set(known))
+    return SchemaError(f"{path}: missing {what} {missing}; unexpected {what} {extra}")
+
+
+def iter_parquet(path: Path, required: Iterable[str], optional: Iterable[str] = ()) -> Iterator[dict]:
+    """Stream rows (as dicts of the required+optional columns present) by batches."""
+    required = list(required)
+    optional = list(optional)
+    pf = pq.ParquetFile(path)
+    present = pf.schema_arrow.names
+    missing = [c for c in required if c not in present]
+    if missing:
+        raise _schema_error(path, missing, present, required + optional)
+    columns = required + [c for c in optional if c in present]
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+        yield from batch.to_pylist()
+
+
+def iter_jsonl(path: Path) -> Iterator[Any]:
+    """Stream parsed lines; an unparseable line is yielded as ``RowError('bad_json')``
+    carrying the raw text in ``.raw``. Blank lines are skipped."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                err = RowError("bad_json")
+                err.raw = line.rstrip("\n")  # type: ignore[attr-defined]
+                yield err
+
+
+def load_json_array(path: Path) -> list:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise SchemaError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, list):
+        raise SchemaError(f"{path}: expected a JSON array of rows, got {type(data).__name__}")
+    return data
+
+
+def iter_rows(path: Path, required: Iterable[str], optional: Iterable[str] = ()) -> Iterator[Any]:
+    """Rows of a .parquet / .jsonl / .json file. Parquet files are schema-checked
+    here; for JSON files the first object row is checked with :func:`check_first_row`.
+    JSON lines that do not parse come out as RowError objects."""
+    required = list(required)
+    optional = list(optional)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        yield from iter_parquet(path, required, optional)
+        return
+    if suffix == ".jsonl":
+        rows: Iterable[Any] = iter_jsonl(path)
+    elif suffix == ".json":
+        rows = load_json_array(path)
+    else:
+        raise SchemaError(f"{path}: unsupported file type {suffix!r} (expected .parquet, .jsonl or .json)")
+    checked = False
+    for row in rows:
+        if not checked and isinstance(row, dict):
+            check_first_row(path, row, required, optional)
+            checked = True
+        yield row
+
+
+def check_first_row(path: Path, row: dict, required: list[str], optional: list[str]) -> None:
+    """A JSON file whose first object shares none of the required keys is the wrong
+    format altogether (rows that merely lack a key are rejects instead)."""
+    if required and not any(k in row for k in required):
+        raise _schema_error(path, required, row.keys(), required + optional, what="keys")
+
+
+# ----------------------------------------------------------------------------- generic loop
+def read_rows(files, source: str, required: Iterable[str], optional: Iterable[str], convert,
+              id_key: str | None = None) -> Iterator[dict]:
+    """Drive a row-per-example format: ``convert(row) -> (system, messages, input|None)``
+    or raise RowError(reason). Row ids: the data's ``id_key`` if usable, else the
+    running row index across the (sorted) files."""
+    required = list(required)
+    optional = list(optional)
+    ids = UniqueIds()
+    index = -1
+    for path in sorted_files(files):
+        for row in iter_rows(path, required, optional):
+            index += 1
+            if isinstance(row, RowError):
+                yield reject(source, ids(index), row.reason, getattr(row, "raw", None))
+                continue
+            if not isinstance(row, dict):
+                yield reject(source, ids(index), "bad_type", row)
+                continue
+            rid = ids(row_id(row, id_key, index))
+            try:
+                system, messages, inp = convert(row)
+            except RowError as e:
+                yield reject(source, rid, e.reason, row)
+                continue
+            yield record(source, rid, system, messages, inp)
