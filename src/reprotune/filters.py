@@ -1,0 +1,316 @@
+"""Named, parameterised filters over normalized records.
+
+A recipe source lists filters as ``[{"name": "refusals"}, {"name": "length", "max_chars": 8000}]``.
+``apply_filters`` runs them in order, record by record (streaming: each record goes
+through the chain until a filter drops it), and counts what each one saw and dropped.
+
+Chat records (with ``messages``) and text records (``{"id", "source", "text"}``) are
+both accepted. Chat-only filters (``alternating``, ``refusals``, ``identity``) pass
+text records through untouched; ``empty_turns``, ``length``, ``exact_dedup`` and
+``near_dedup`` use the text.
+
+Register a new filter with ``@register("name")`` on a factory
+``factory(**params) -> keep(record) -> bool``.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Iterable
+
+Keep = Callable[[dict], bool]
+
+
+class FilterError(ValueError):
+    """Bad filter configuration (unknown name or parameter)."""
+
+
+_REGISTRY: dict[str, Callable[..., Keep]] = {}
+
+
+def register(name: str):
+    def deco(factory):
+        if name in _REGISTRY:
+            raise FilterError(f"filter {name!r} registered twice")
+        _REGISTRY[name] = factory
+        return factory
+    return deco
+
+
+def known() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make(spec: dict) -> Keep:
+    """Build one filter from ``{"name": ..., **params}``."""
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise FilterError(f"filter spec must be a mapping with a 'name' key, got {spec!r}")
+    name = spec["name"]
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        raise FilterError(f"unknown filter {name!r}; known filters: {', '.join(known())}")
+    params = {k: v for k, v in spec.items() if k != "name"}
+    try:
+        return factory(**params)
+    except TypeError as exc:
+        raise FilterError(f"bad parameters for filter {name!r}: {exc}") from None
+
+
+def apply_filters(records: Iterable[dict], filters: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    """Apply ``filters`` in order. Returns ``(kept, rejects, stats)``.
+
+    stats: ``[{"name", "in", "out", "dropped"}]`` one per filter, in order.
+    rejects: ``{"id", "source", "reason": "filter:<name>", "row": record}``.
+    """
+    filters = list(filters or [])
+    chain = [(f["name"] if isinstance(f, dict) else None, make(f)) for f in filters]
+    n_in = [0] * len(chain)
+    n_drop = [0] * len(chain)
+    kept: list[dict] = []
+    rejects: list[dict] = []
+    for rec in records:
+        for i, (name, keep) in enumerate(chain):
+            n_in[i] += 1
+            if not keep(rec):
+                n_drop[i] += 1
+                rejects.append({"id": rec.get("id"), "source": rec.get("source"),
+                                "reason": f"filter:{name}", "row": rec})
+                break
+        else:
+            kept.append(rec)
+    stats = [{"name": name, "in": n_in[i], "out": n_in[i] - n_drop[i], "dropped": n_drop[i]}
+             for i, (name, _) in enumerate(chain)]
+    return kept, rejects, stats
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def is_chat(rec: dict) -> bool:
+    return "messages" in rec
+
+
+def _contents(rec: dict) -> list[str]:
+    """All text of a record: system, input and message contents (or the text)."""
+    if not is_chat(rec):
+        return [str(rec.get("text") or "")]
+    parts = [str(rec.get("system") or "")]
+    if rec.get("input"):
+        parts.append(str(rec["input"]))
+    parts += [str(m.get("content") or "") for m in rec.get("messages") or []]
+    return parts
+
+
+def normalize_text(s: str) -> str:
+    """NFKC, lower case, whitespace runs collapsed to one space, stripped."""
+    return " ".join(unicodedata.normalize("NFKC", s).lower().split())
+
+
+def dedup_key_text(rec: dict) -> str:
+    """The normalized text two records are compared on (roles included for chats)."""
+    if not is_chat(rec):
+        return "T\x00" + normalize_text(str(rec.get("text") or ""))
+    parts = ["S\x01" + normalize_text(str(rec.get("system") or ""))]
+    if rec.get("input"):
+        parts.append("I\x01" + normalize_text(str(rec["input"])))
+    for m in rec.get("messages") or []:
+        parts.append(f"{m.get('role')}\x01" + normalize_text(str(m.get("content") or "")))
+    return "C\x00" + "\x00".join(parts)
+
+
+def _assistant_texts(rec: dict) -> list[str]:
+    return [str(m.get("content") or "") for m in rec.get("messages") or [] if m.get("role") == "assistant"]
+
+
+def load_phrases(path: str | Path | None, default: str) -> list[str]:
+    """Phrases from a file (one a line, ``#`` comments); ``default`` is a packaged file name."""
+    if path is None:
+        text = resources.files("reprotune").joinpath("data", default).read_text(encoding="utf-8")
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise FilterError(f"phrases file not found: {path}")
+        text = p.read_text(encoding="utf-8")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out.append(line)
+    return out
+
+
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\uff07": "'"})
+
+
+def _fold(s: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", s).translate(_APOSTROPHES).lower().split())
+
+
+# --------------------------------------------------------------------------- filters
+
+
+@register("empty_turns")
+def _empty_turns(include_system: bool = False) -> Keep:
+    """Drop chats with no messages or any whitespace-only message (and text records with empty text)."""
+
+    def keep(rec: dict) -> bool:
+        if not is_chat(rec):
+            return bool(str(rec.get("text") or "").strip())
+        msgs = rec.get("messages") or []
+        if not msgs:
+            return False
+        if include_system and not str(rec.get("system") or "").strip():
+            return False
+        return all(isinstance(m.get("content"), str) and m["content"].strip() for m in msgs)
+
+    return keep
+
+
+@register("alternating")
+def _alternating(first: str = "user", last: str | None = "assistant") -> Keep:
+    """Roles must alternate user/assistant, start with ``first`` and end with ``last``."""
+    other = {"user": "assistant", "assistant": "user"}
+    if first not in other or (last is not None and last not in other):
+        raise FilterError("alternating: first/last must be 'user' or 'assistant'")
+
+    def keep(rec: dict) -> bool:
+        if not is_chat(rec):
+            return True
+        roles = [m.get("role") for m in rec.get("messages") or []]
+        if not roles:
+            return False
+        expected = first
+        for r in roles:
+            if r != expected:
+                return False
+            expected = other[expected]
+        return last is None or roles[-1] == last
+
+    return keep
+
+
+@register("refusals")
+def _refusals(phrases_file: str | None = None, phrases: list[str] | None = None) -> Keep:
+    """Drop chats whose assistant turns contain a refusal phrase (case-insensitive substring)."""
+    plist = load_phrases(phrases_file, "refusal_phrases.txt") + list(phrases or [])
+    folded = sorted({_fold(p) for p in plist if _fold(p)})
+    if not folded:
+        return lambda rec: True
+    pattern = re.compile("|".join(re.escape(p) for p in folded))
+
+    def keep(rec: dict) -> bool:
+        if not is_chat(rec):
+            return True
+        return not any(pattern.search(_fold(t)) for t in _assistant_texts(rec))
+
+    return keep
+
+
+@register("identity")
+def _identity(phrases_file: str | None = None, phrases: list[str] | None = None,
+              roles: list[str] | None = None) -> Keep:
+    """Drop chats where an assistant turn names OpenAI/ChatGPT/GPT-4... (whole word, case-insensitive)."""
+    plist = load_phrases(phrases_file, "identity_phrases.txt") + list(phrases or [])
+    folded = sorted({_fold(p) for p in plist if _fold(p)}, key=lambda p: (-len(p), p))
+    check_roles = set(roles or ["assistant"])
+    if not folded:
+        return lambda rec: True
+    pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(p) for p in folded) + r")(?!\w)")
+
+    def keep(rec: dict) -> bool:
+        if not is_chat(rec):
+            return True
+        texts = [str(m.get("content") or "") for m in rec.get("messages") or [] if m.get("role") in check_roles]
+        if "system" in check_roles:
+            texts.append(str(rec.get("system") or ""))
+        return not any(pattern.search(_fold(t)) for t in texts)
+
+    return keep
+
+
+@register("length")
+def _length(min_chars: int | None = None, max_chars: int | None = None,
+            min_tokens: int | None = None, max_tokens: int | None = None) -> Keep:
+    """Bounds (inclusive) on total characters / whitespace tokens of system + input + messages (or text)."""
+
+    def keep(rec: dict) -> bool:
+        parts = _contents(rec)
+        if min_chars is not None or max_chars is not None:
+            n = sum(len(p) for p in parts)
+            if min_chars is not None and n < min_chars:
+                return False
+            if max_chars is not None and n > max_chars:
+                return False
+        if min_tokens is not None or max_tokens is not None:
+            n = sum(len(p.split()) for p in parts)
+            if min_tokens is not None and n < min_tokens:
+                return False
+            if max_tokens is not None and n > max_tokens:
+                return False
+        return True
+
+    return keep
+
+
+@register("exact_dedup")
+def _exact_dedup() -> Keep:
+    """Keep the first occurrence of each normalized (NFKC, lower-cased, whitespace-collapsed) text."""
+    seen: set[bytes] = set()
+
+    def keep(rec: dict) -> bool:
+        key = hashlib.sha256(dedup_key_text(rec).encode("utf-8")).digest()
+        if key in seen:
+            return False
+        seen.add(key)
+        return True
+
+    return keep
+
+
+def _shingles(text: str, size: int) -> set[bytes]:
+    words = text.split()
+    if len(words) <= size:
+        return {" ".join(words).encode("utf-8")}
+    return {" ".join(words[i:i + size]).encode("utf-8") for i in range(len(words) - size + 1)}
+
+
+@register("near_dedup")
+def _near_dedup(threshold: float = 0.9, num_perm: int = 128, shingle_size: int = 5, seed: int = 1) -> Keep:
+    """MinHash-LSH near-duplicate removal over word shingles; keeps the first occurrence.
+
+    A record is dropped when an earlier kept record is an LSH candidate *and* its
+    estimated Jaccard similarity is >= threshold (so LSH false positives are not dropped).
+    Deterministic: datasketch hashes with sha1, the permutation seed is fixed.
+    """
+    from datasketch import MinHash, MinHashLSH
+
+    if not 0.0 < float(threshold) <= 1.0:
+        raise FilterError(f"near_dedup: threshold must be in (0, 1], got {threshold}")
+    if int(shingle_size) < 1:
+        raise FilterError("near_dedup: shingle_size must be >= 1")
+    try:
+        lsh = MinHashLSH(threshold=float(threshold), num_perm=int(num_perm))
+    except ValueError as exc:
+        raise FilterError(f"near_dedup: threshold={threshold} num_perm={num_perm}: {exc} "
+                          "(raise num_perm for high thresholds)") from None
+    kept_hashes: dict[str, MinHash] = {}
+
+    def keep(rec: dict) -> bool:
+        if is_chat(rec):
+            text = " ".join(normalize_text(p) for p in _contents(rec))
+        else:
+            text = normalize_text(str(rec.get("text") or ""))
+        m = MinHash(num_perm=int(num_perm), seed=int(seed))
+        m.update_batch(sorted(_shingles(text, int(shingle_size))))
+        for key in sorted(lsh.query(m)):
+            if kept_hashes[key].jaccard(m) >= float(threshold):
+                return False
+        key = str(len(kept_hashes))
+        lsh.insert(key, m)
+        kept_hashes[key] = m
+        return True
+
+    return keep

@@ -1,0 +1,231 @@
+"""Mix cleaned sources into train/val sets for one adapter, deterministically.
+
+Algorithm (all randomness from string-seeded ``random.Random``, which does not
+depend on PYTHONHASHSEED, the process count or the platform):
+
+1. For each source in sorted name order, with ``rng = Random(f"{seed}:{source}")``:
+   take ``round(fraction * available)`` rows (at least 1 when fraction > 0 and rows
+   exist) or ``min(count, available)``, sampled without replacement, kept in file order.
+2. Optionally (``system_messages.assign_to_empty``) give chat records whose system is
+   ``""`` one of the given system messages, ``rng.choice`` per record in file order.
+3. Validation rows per source (chosen with the same rng, kept in file order):
+   - global ``validation: {fraction: f}`` -> ``round(f * taken)``;
+   - global ``validation: {size: n}`` -> n split over sources proportionally to
+     ``taken`` (largest remainder, ties by name);
+   - per-source ``max_val: n`` caps that number; with no global validation it is the
+     number itself (``min(n, taken)``), as in OpenAssistant's ``max_val_set``;
+   - optional ``max_val_share: s`` caps every source's validation rows at
+     ``floor(s * taken)`` (the tiny overlay uses it so that a 5000-row ``max_val``
+     cannot take a 45-row fixture whole).
+4. Train = the rest; the combined train set is shuffled with ``Random(seed)``.
+   Val is the concatenation in source order (not shuffled).
+
+Output (atomic directory): ``train.jsonl``, ``val.jsonl`` (maybe empty), ``data_report.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+from reprotune.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_json
+
+
+class MixError(ValueError):
+    """Bad mix spec or missing cleaned source."""
+
+
+def _count_lines(path: Path) -> int:
+    n = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                n += 1
+    return n
+
+
+def _read_selected(path: Path, wanted: list[int]) -> list[dict]:
+    """Records at the given (sorted) indices of the non-empty lines of a JSONL file."""
+    want = set(wanted)
+    out = []
+    i = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            if i in want:
+                out.append(json.loads(line))
+            i += 1
+    return out
+
+
+def _n_take(source: str, entry: dict, available: int) -> int:
+    if not isinstance(entry, dict):
+        raise MixError(f"mix entry for {source!r} must be a mapping, got {entry!r}")
+    has_f, has_c = "fraction" in entry, "count" in entry
+    if has_f == has_c:
+        raise MixError(f"mix entry for {source!r} needs exactly one of 'fraction' or 'count'")
+    if has_f:
+        f = float(entry["fraction"])
+        if not 0.0 <= f <= 1.0:
+            raise MixError(f"mix fraction for {source!r} must be in [0, 1], got {f}")
+        n = round(f * available)
+        if f > 0 and available > 0:
+            n = max(n, 1)
+        return min(n, available)
+    c = entry["count"]
+    if not isinstance(c, int) or isinstance(c, bool) or c < 0:
+        raise MixError(f"mix count for {source!r} must be a non-negative integer, got {c!r}")
+    return min(c, available)
+
+
+def _apportion(total: int, weights: dict[str, int]) -> dict[str, int]:
+    """Split ``total`` over names proportionally to weights (largest remainder, ties by name)."""
+    wsum = sum(weights.values())
+    if total <= 0 or wsum <= 0:
+        return {k: 0 for k in weights}
+    total = min(total, wsum)
+    exact = {k: total * w / wsum for k, w in weights.items()}
+    base = {k: math.floor(v) for k, v in exact.items()}
+    left = total - sum(base.values())
+    order = sorted(weights, key=lambda k: (-(exact[k] - base[k]), k))
+    for k in order:
+        if left <= 0:
+            break
+        if base[k] < weights[k]:
+            base[k] += 1
+            left -= 1
+    return base
+
+
+def _val_counts(spec: dict, taken: dict[str, int]) -> dict[str, int]:
+    validation = spec.get("validation") or {}
+    mix_spec = spec["mix"]
+    if validation and not isinstance(validation, dict):
+        raise MixError(f"validation must be a mapping, got {validation!r}")
+    if "size" in validation and "fraction" in validation:
+        raise MixError("validation takes either 'size' or 'fraction', not both")
+    out: dict[str, int] = {}
+    if "fraction" in validation:
+        f = float(validation["fraction"])
+        if not 0.0 <= f <= 1.0:
+            raise MixError(f"validation fraction must be in [0, 1], got {f}")
+        out = {s: round(f * n) for s, n in taken.items()}
+    elif "size" in validation:
+        size = validation["size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise MixError(f"validation size must be a non-negative integer, got {size!r}")
+        out = _apportion(size, taken)
+    global_given = "fraction" in validation or "size" in validation
+    for s, n in taken.items():
+        mv = mix_spec[s].get("max_val")
+        if mv is not None:
+            if not isinstance(mv, int) or isinstance(mv, bool) or mv < 0:
+                raise MixError(f"max_val for {s!r} must be a non-negative integer, got {mv!r}")
+            out[s] = min(out.get(s, 0), mv) if global_given else mv
+        out[s] = min(out.get(s, 0), n)
+    share = spec.get("max_val_share")
+    if share is not None:
+        if not 0.0 <= float(share) <= 1.0:
+            raise MixError(f"max_val_share must be in [0, 1], got {share!r}")
+        # never let validation eat a source whole (tiny fixtures vs a 5000-row max_val)
+        out = {s: min(v, math.floor(float(share) * taken[s])) for s, v in out.items()}
+    return out
+
+
+def _system_messages(spec: dict) -> list[str] | None:
+    sm = spec.get("system_messages")
+    if not sm or not sm.get("assign_to_empty"):
+        return None
+    msgs = sm.get("messages") or []
+    # the empty string is a legitimate choice (Orca's system message #1 is empty)
+    if not msgs or not all(isinstance(m, str) for m in msgs):
+        raise MixError("system_messages.messages must be a non-empty list of strings")
+    return list(msgs)
+
+
+def mix(spec: dict, clean_dirs: dict[str, Path], out_dir: Path) -> dict:
+    """Sample, split and shuffle the cleaned sources of one adapter; return data_report.
+
+    spec: ``{"recipe", "adapter", "seed", "mix": {source: {"fraction"|"count", "max_val"?}},
+    "validation"?: {"size"|"fraction"}, "system_messages"?: {"assign_to_empty", "messages"}}``.
+    """
+    mix_spec = spec.get("mix") or {}
+    if not mix_spec:
+        raise MixError("mix spec lists no sources")
+    seed = spec.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise MixError(f"mix seed must be an integer, got {seed!r}")
+    missing = sorted(set(mix_spec) - set(clean_dirs))
+    if missing:
+        raise MixError(f"no cleaned data given for source(s): {', '.join(missing)}")
+    sysmsgs = _system_messages(spec)
+
+    sources = sorted(mix_spec)
+    rngs: dict[str, random.Random] = {}
+    taken_rows: dict[str, list[dict]] = {}
+    info: dict[str, dict] = {}
+    for s in sources:
+        d = Path(clean_dirs[s])
+        rec_path = d / "records.jsonl"
+        if not rec_path.is_file():
+            raise MixError(f"source {s!r}: {rec_path} not found (run the clean stage first)")
+        available = _count_lines(rec_path)
+        n = _n_take(s, mix_spec[s], available)
+        rng = random.Random(f"{seed}:{s}")
+        rngs[s] = rng
+        idx = sorted(rng.sample(range(available), n))
+        rows = _read_selected(rec_path, idx)
+        assigned = 0
+        if sysmsgs is not None:
+            for r in rows:
+                if "messages" in r and not r.get("system"):
+                    r["system"] = rng.choice(sysmsgs)
+                    assigned += 1
+        taken_rows[s] = rows
+        report_path = d / "report.json"
+        clean_report = read_json(report_path) if report_path.is_file() else {}
+        entry = mix_spec[s]
+        info[s] = {
+            "rows_read": clean_report.get("rows_read"),
+            "rows_cleaned": clean_report.get("rows_kept", available),
+            "cleaning": {"reader_rejects": clean_report.get("reader_rejects", {}),
+                         "filters": clean_report.get("filters", [])},
+            "requested": dict(entry),
+            "available": available,
+            "taken": n,
+            "shortfall": max(entry["count"] - n, 0) if "count" in entry else 0,
+        }
+        if sysmsgs is not None:
+            info[s]["system_messages_assigned"] = assigned
+
+    val_n = _val_counts(spec, {s: len(taken_rows[s]) for s in sources})
+    train: list[dict] = []
+    val: list[dict] = []
+    for s in sources:
+        rows = taken_rows[s]
+        val_idx = set(rngs[s].sample(range(len(rows)), val_n[s])) if val_n[s] else set()
+        src_val = [r for i, r in enumerate(rows) if i in val_idx]
+        src_train = [r for i, r in enumerate(rows) if i not in val_idx]
+        val.extend(src_val)
+        train.extend(src_train)
+        info[s]["train"] = len(src_train)
+        info[s]["val"] = len(src_val)
+
+    random.Random(seed).shuffle(train)
+
+    report = {
+        "recipe": spec.get("recipe"),
+        "adapter": spec.get("adapter"),
+        "seed": seed,
+        "sources": info,
+        "totals": {"train": len(train), "val": len(val)},
+    }
+    if spec.get("validation"):
+        report["validation"] = dict(spec["validation"])
+    with atomic_dir(out_dir) as tmp:
+        atomic_write_jsonl(tmp / "train.jsonl", train)
+        atomic_write_jsonl(tmp / "val.jsonl", val)
+        atomic_write_json(tmp / "data_report.json", report)
+    return report
