@@ -1,0 +1,569 @@
+"""Train one adapter (LoRA / QLoRA) or a full fine-tune with the HF ``Trainer``.
+
+Run under accelerate::
+
+    accelerate launch --config_file configs/accelerate/cpu.yaml -m reprotune.train \\
+        --spec '{"recipe": ..., "adapter": ..., "template": ..., "train": {...}}' \\
+        --data DATA_DIR --base BASE_DIR --out OUT_DIR --work WORK_DIR
+
+``--spec`` is a JSON object or the path of a JSON file.  ``DATA_DIR/train.jsonl``
+holds normalized records; they are encoded with ``reprotune.tokenize.encode``
+(assistant-only labels), padded with eos (labels ``-100`` on padding).
+
+Determinism: ``full_determinism=True`` (seeds + ``torch.use_deterministic_algorithms``),
+``data_seed`` for the sampler, no timestamps in any artifact, ``target_modules``
+sorted in ``adapter_config.json``.  On CPU two runs give byte-identical adapter
+files (run with ``PYTHONHASHSEED=0`` as the pipeline does).
+
+Checkpoints go to ``WORK_DIR/checkpoints`` every ``save_steps``; a re-run with the
+same inputs resumes from the last complete checkpoint (a fingerprint of spec,
+data and base guards against resuming a different run).  The output directory is
+written atomically and holds:
+
+* lora/qlora: ``adapter_model.safetensors``, ``adapter_config.json``;
+  full: ``model.safetensors``, ``config.json``, ``generation_config.json``;
+* the tokenizer (``tokenizer.json``, ``tokenizer_config.json``, chat template of
+  the adapter's prompt format);
+* ``train_log.jsonl`` (one row per optimizer step: step, loss, learning_rate,
+  grad_norm, epoch, tokens), ``train_summary.json`` (steps, final loss, tokens
+  trained, trainable parameters, data counts, resolved settings) and
+  ``config_overrides.json`` (base-config changes made for training, e.g. RoPE
+  scaling, which ``merge`` must apply to the merged model).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from reprotune.io import atomic_dir, atomic_write_json, atomic_write_text, canonical_json, jsonl_line, read_jsonl
+
+log = logging.getLogger("reprotune.train")
+
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "method": "lora",
+    "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"},
+    "quantization": {"quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"},
+    "learning_rate": 2e-4,
+    "lr_scheduler": "cosine",
+    "warmup_ratio": 0.0,
+    "warmup_steps": 0,
+    "epochs": 1,
+    "max_steps": -1,
+    "per_device_batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "max_length": 2048,
+    "optimizer": "adamw_torch",
+    "weight_decay": 0.0,
+    "precision": "bf16",
+    "seed": 42,
+    "data_seed": None,
+    "gradient_checkpointing": False,
+    "rope_scaling": None,
+    "attn_implementation": "sdpa",
+    "save_steps": 500,
+    "num_gpus": 1,
+    "deepspeed": None,
+    "packing": False,
+    "max_grad_norm": 1.0,
+}
+METHODS = ("lora", "qlora", "full")
+SCHEDULERS = ("cosine", "linear", "constant")
+OPTIMIZERS = ("adamw_torch", "paged_adamw_32bit", "paged_adamw_8bit")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+          "float32": "float32", "fp32": "float32"}
+
+
+class TrainError(ValueError):
+    pass
+
+
+# --------------------------------------------------------------------------- settings
+def resolve_train(train: dict | None) -> dict[str, Any]:
+    """Defaults + the spec's ``train`` block, validated (one-line ``TrainError``s)."""
+    s = json.loads(json.dumps(TRAIN_DEFAULTS))
+    for key, value in (train or {}).items():
+        if key in ("lora", "quantization") and isinstance(value, dict):
+            s[key].update(value)
+        else:
+            s[key] = value
+    if s["method"] not in METHODS:
+        raise TrainError(f"train.method must be one of {METHODS}, got {s['method']!r}")
+    if s["lr_scheduler"] not in SCHEDULERS:
+        raise TrainError(f"train.lr_scheduler must be one of {SCHEDULERS}, got {s['lr_scheduler']!r}")
+    if s["optimizer"] not in OPTIMIZERS:
+        raise TrainError(f"train.optimizer must be one of {OPTIMIZERS}, got {s['optimizer']!r}")
+    if s["precision"] not in PRECISIONS:
+        raise TrainError(f"train.precision must be one of {PRECISIONS}, got {s['precision']!r}")
+    if s["deepspeed"] not in (None, "zero2", "zero3"):
+        raise TrainError(f"train.deepspeed must be null, zero2 or zero3, got {s['deepspeed']!r}")
+    if str(s["quantization"].get("compute_dtype")) not in DTYPES:
+        raise TrainError(f"train.quantization.compute_dtype unknown: {s['quantization'].get('compute_dtype')!r}")
+    if s["quantization"].get("quant_type", "nf4") not in ("nf4", "fp4"):
+        raise TrainError("train.quantization.quant_type must be nf4 or fp4")
+    rs = s["rope_scaling"]
+    if rs is not None:
+        if not isinstance(rs, dict) or rs.get("type", rs.get("rope_type")) != "linear" or "factor" not in rs:
+            raise TrainError(f"train.rope_scaling must be null or {{type: linear, factor: F}}, got {rs!r}")
+    for key in ("per_device_batch_size", "gradient_accumulation_steps", "max_length"):
+        if int(s[key]) < 1:
+            raise TrainError(f"train.{key} must be >= 1")
+    if s["data_seed"] is None:
+        s["data_seed"] = s["seed"]
+    return s
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def runtime_choices(s: dict, cuda: bool) -> dict[str, Any]:
+    """Settings that depend on the machine; every downgrade is logged once."""
+    import importlib.util
+
+    eff: dict[str, Any] = {"device": "cuda" if cuda else "cpu"}
+    # precision of weights / autocast
+    if not cuda and s["precision"] != "fp32":
+        log.info("precision: %s requested but running on CPU -> fp32 weights and math "
+                 "(QLoRA keeps its compute dtype)", s["precision"])
+        eff["precision"] = "fp32"
+    else:
+        eff["precision"] = s["precision"]
+    # attention kernel
+    want = s.get("attn_implementation") or "sdpa"
+    if want == "flash_attention_2":
+        if cuda and importlib.util.find_spec("flash_attn") is not None:
+            eff["attn_implementation"] = "flash_attention_2"
+        else:
+            log.info("attn_implementation: flash_attention_2 needs flash_attn and CUDA -> using sdpa")
+            eff["attn_implementation"] = "sdpa"
+    else:
+        eff["attn_implementation"] = want
+    # optimizer
+    opt = s["optimizer"]
+    if opt.startswith("paged_") and not cuda:
+        log.info("optimizer: %s needs CUDA (paged memory) -> adamw_torch on CPU", opt)
+        opt = "adamw_torch"
+    eff["optimizer"] = opt
+    # deepspeed
+    eff["deepspeed"] = None
+    if s["deepspeed"]:
+        if cuda:
+            eff["deepspeed"] = str(CONFIG_ROOT / "deepspeed" / f"{s['deepspeed']}.json")
+        else:
+            log.info("deepspeed: %s is ignored on CPU", s["deepspeed"])
+    # packing
+    eff["packing"] = False
+    if s.get("packing"):
+        log.info("packing: needs flash-attn varlen kernels; packing is off (one sample per row)")
+    if not cuda and int(s.get("num_gpus") or 0) > 0:
+        log.info("num_gpus: %s requested, no GPU present -> CPU", s["num_gpus"])
+    if cuda:
+        import torch
+
+        n = torch.cuda.device_count()
+        if int(s.get("num_gpus") or 1) != n:
+            log.info("num_gpus: recipe says %s, this machine has %s (processes come from the accelerate config)",
+                     s.get("num_gpus"), n)
+    # scheduler
+    sched = s["lr_scheduler"]
+    if sched == "constant" and (s["warmup_steps"] or s["warmup_ratio"]):
+        sched = "constant_with_warmup"
+    eff["lr_scheduler"] = sched
+    eff["warmup"] = int(s["warmup_steps"]) if int(s["warmup_steps"] or 0) > 0 else float(s["warmup_ratio"] or 0.0)
+    return eff
+
+
+# --------------------------------------------------------------------------- helpers
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, DTYPES[str(name)])
+
+
+def apply_rope_scaling(config, rope_scaling: dict | None) -> dict:
+    """Set linear RoPE scaling on ``config`` (transformers 5 ``rope_parameters``, or
+    ``rope_scaling`` on older versions).  Returns the override that was applied."""
+    if not rope_scaling:
+        return {}
+    factor = float(rope_scaling["factor"])
+    if hasattr(config, "rope_parameters"):
+        params = dict(config.rope_parameters or {})
+        theta = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+        config.rope_parameters = {"rope_type": "linear", "factor": factor, "rope_theta": theta}
+        return {"rope_parameters": config.rope_parameters}
+    config.rope_scaling = {"type": "linear", "factor": factor}
+    return {"rope_scaling": config.rope_scaling}
+
+
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(spec: dict, data_dir: Path, base_dir: Path) -> str:
+    h = hashlib.sha256(canonical_json(spec).encode())
+    for root in (data_dir, base_dir):
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and not p.name.startswith("."):
+                h.update(p.relative_to(root).as_posix().encode())
+                h.update(_sha256_of(p).encode())
+    return h.hexdigest()
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
+    """Highest ``checkpoint-N`` that has weights, optimizer, scheduler and trainer state."""
+    if not ckpt_dir.is_dir():
+        return None
+    found = []
+    for p in ckpt_dir.iterdir():
+        if p.is_dir() and p.name.startswith("checkpoint-") and p.name[11:].isdigit():
+            files = {f.name for f in p.iterdir()}
+            weights = {"adapter_model.safetensors", "model.safetensors"} & files
+            if weights and {"trainer_state.json", "optimizer.pt", "scheduler.pt"} <= files:
+                found.append((int(p.name[11:]), p))
+    return max(found)[1] if found else None
+
+
+def _relative_id(path: Path) -> str:
+    """How the base is named in adapter_config.json: relative to the working
+    directory when inside it, else just the directory name (never absolute)."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return Path(path).resolve().name
+
+
+class Collator:
+    """Right-pad to the longest row of the batch with ``pad_id``; labels -100 on padding."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = int(pad_id)
+
+    def __call__(self, rows: list[dict]) -> dict:
+        import torch
+
+        width = max(len(r["input_ids"]) for r in rows)
+        ids, mask, labels = [], [], []
+        for r in rows:
+            pad = width - len(r["input_ids"])
+            ids.append(list(r["input_ids"]) + [self.pad_id] * pad)
+            mask.append(list(r["attention_mask"]) + [0] * pad)
+            labels.append(list(r["labels"]) + [-100] * pad)
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "attention_mask": torch.tensor(mask, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+        }
+
+
+def _checkpointing_args(cls, enabled: bool) -> dict:
+    """``activation_checkpointing`` (transformers 5) or ``gradient_checkpointing`` (4.x)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    name = "activation_checkpointing" if "activation_checkpointing" in params else "gradient_checkpointing"
+    out: dict[str, Any] = {name: bool(enabled)}
+    if enabled:
+        out[f"{name}_kwargs"] = {"use_reentrant": False}
+    return out
+
+
+def _clean_float(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else str(x)
+    return x
+
+
+# --------------------------------------------------------------------------- main
+def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Path) -> dict:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+    import transformers
+    from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback,
+                              TrainingArguments)
+    from transformers.trainer_utils import enable_full_determinism
+
+    from reprotune import templates
+    from reprotune.tokenize import encode_dataset
+
+    transformers.utils.logging.set_verbosity_warning()
+    data_dir, base_dir, out_dir, work_dir = map(Path, (data_dir, base_dir, out_dir, work_dir))
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        log.info("PYTHONHASHSEED is not 0; outputs stay deterministic (target_modules are sorted) "
+                 "but the pipeline runs with PYTHONHASHSEED=0")
+    s = resolve_train(spec.get("train"))
+    template = templates.get(spec.get("template") or "raw")
+    cuda = _cuda()
+    eff = runtime_choices(s, cuda)
+    method = s["method"]
+
+    # ---- data
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if tokenizer.eos_token is None:
+        raise TrainError(f"base tokenizer has no eos token: {base_dir}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_file = data_dir / "train.jsonl"
+    if not train_file.is_file():
+        raise TrainError(f"missing training data: {train_file}")
+    rows, data_stats = encode_dataset(read_jsonl(train_file), template, tokenizer, int(s["max_length"]))
+    log.info("data: %s", json.dumps(data_stats, sort_keys=True))
+    if not rows:
+        raise TrainError(f"no trainable rows in {train_file} (stats: {data_stats})")
+
+    # ---- checkpoints / resume
+    fp = fingerprint(spec, data_dir, base_dir)
+    ckpt_dir = work_dir / "checkpoints"
+    fp_file = work_dir / "fingerprint.txt"
+    stale = ckpt_dir.exists() and (not fp_file.is_file() or fp_file.read_text().strip() != fp)
+    if stale:
+        log.info("work dir holds checkpoints of a different run; not resuming from them")
+    if int(os.environ.get("RANK", "0")) == 0:  # one process tidies the work dir
+        if stale:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(fp_file, fp + "\n")
+    resume = None if stale else last_complete_checkpoint(ckpt_dir)
+    if resume is not None:
+        log.info("resuming from %s", resume.name)
+
+    # ---- model
+    enable_full_determinism(int(s["seed"]))
+    config = AutoConfig.from_pretrained(base_dir)
+    overrides = apply_rope_scaling(config, s["rope_scaling"])
+    load_kw: dict[str, Any] = {"config": config, "attn_implementation": eff["attn_implementation"]}
+    if method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        q = s["quantization"]
+        load_kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=q.get("quant_type", "nf4"),
+            bnb_4bit_use_double_quant=bool(q.get("double_quant", True)),
+            bnb_4bit_compute_dtype=_torch_dtype(q.get("compute_dtype", "bfloat16")),
+        )
+        load_kw["dtype"] = torch.float32 if not cuda else _torch_dtype(q.get("compute_dtype", "bfloat16"))
+        if eff["deepspeed"] is None:
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+            load_kw["device_map"] = {"": local_rank if cuda else "cpu"}
+    elif method == "lora" and cuda and eff["precision"] in ("bf16", "fp16"):
+        load_kw["dtype"] = _torch_dtype(eff["precision"])  # frozen base in half precision
+    else:
+        load_kw["dtype"] = torch.float32  # full FT keeps fp32 master weights (autocast on GPU)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, **load_kw)
+    model.config.use_cache = False
+
+    gc = bool(s["gradient_checkpointing"])
+    if method in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if method == "qlora":
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif gc:
+            model.enable_input_require_grads()
+        lc = s["lora"]
+        targets = lc.get("target_modules", "all-linear")
+        if isinstance(targets, (list, tuple)):
+            targets = sorted(set(targets))
+        model = get_peft_model(model, LoraConfig(
+            r=int(lc["r"]), lora_alpha=int(lc["alpha"]), lora_dropout=float(lc["dropout"]),
+            target_modules=targets, bias="none", task_type="CAUSAL_LM",
+        ))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("method %s: %d trainable of %d parameters", method, trainable, total)
+
+    # ---- trainer
+    save_steps = int(s["save_steps"] or 0)
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=int(s["per_device_batch_size"]),
+        gradient_accumulation_steps=int(s["gradient_accumulation_steps"]),
+        num_train_epochs=float(s["epochs"]),
+        max_steps=int(s["max_steps"]) if s["max_steps"] is not None else -1,
+        learning_rate=float(s["learning_rate"]),
+        lr_scheduler_type=eff["lr_scheduler"],
+        warmup_steps=eff["warmup"],
+        weight_decay=float(s["weight_decay"]),
+        max_grad_norm=float(s["max_grad_norm"]),
+        optim=eff["optimizer"],
+        bf16=cuda and eff["precision"] == "bf16",
+        fp16=cuda and eff["precision"] == "fp16",
+        use_cpu=not cuda,
+        seed=int(s["seed"]),
+        data_seed=int(s["data_seed"]),
+        full_determinism=True,
+        **_checkpointing_args(TrainingArguments, gc and method != "qlora"),
+        deepspeed=eff["deepspeed"],
+        logging_strategy="steps",
+        logging_steps=1,
+        logging_nan_inf_filter=False,
+        save_strategy="steps" if save_steps > 0 else "no",
+        save_steps=max(save_steps, 1),
+        save_total_limit=2,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+    log_rows: list[dict] = []
+    partial_log = work_dir / "train_log.partial.jsonl"
+    if resume is not None and partial_log.is_file():
+        done = json.loads((resume / "trainer_state.json").read_text())["global_step"]
+        log_rows = [r for r in read_jsonl(partial_log) if r["step"] <= done]
+
+    class _Trainer(Trainer):
+        tokens_since_log = 0
+
+        def compute_loss(self, model, inputs, *a, **kw):
+            self.tokens_since_log += int((inputs["labels"][:, 1:] != -100).sum())
+            return super().compute_loss(model, inputs, *a, **kw)
+
+    class _LogRows(TrainerCallback):
+        def on_log(self, args_, state, control, logs=None, **kw):
+            if not logs or "loss" not in logs:
+                return
+            row = {"step": int(state.global_step), "loss": _clean_float(float(logs["loss"])),
+                   "learning_rate": _clean_float(float(logs.get("learning_rate", 0.0))),
+                   "grad_norm": _clean_float(float(logs["grad_norm"])) if logs.get("grad_norm") is not None else None,
+                   "epoch": _clean_float(float(state.epoch or 0.0)),
+                   "tokens": trainer.tokens_since_log}
+            trainer.tokens_since_log = 0
+            log_rows.append(row)
+            if state.is_world_process_zero:
+                with open(partial_log, "a" if len(log_rows) > 1 else "w", encoding="utf-8") as f:
+                    f.write(jsonl_line(row))
+
+    callbacks: list = [_LogRows()]
+    crash_at = int(os.environ.get("REPROTUNE_TEST_CRASH_AFTER_SAVE", "0") or 0)
+    if crash_at > 0:  # test hook: simulate a crash right after checkpoint `crash_at` is saved
+        class _Crash(TrainerCallback):
+            def on_save(self, args_, state, control, **kw):
+                if state.global_step == crash_at:
+                    log.error("test hook: crashing after checkpoint-%d", crash_at)
+                    os._exit(75)
+
+        callbacks.append(_Crash())
+    trainer = _Trainer(model=model, args=args, train_dataset=rows, data_collator=Collator(pad_id),
+                       callbacks=callbacks)
+    if resume is not None and trainer.is_world_process_zero():
+        # rewrite the partial log so that it matches the checkpoint we resume from
+        if not log_rows:
+            log.warning("no step log found for %s; train_log.jsonl will start after it", resume.name)
+        with open(partial_log, "w", encoding="utf-8") as f:
+            f.writelines(jsonl_line(r) for r in log_rows)
+    finished = False
+    if resume is not None:
+        state = json.loads((resume / "trainer_state.json").read_text())
+        finished = bool(state.get("max_steps")) and int(state["global_step"]) >= int(state["max_steps"])
+    if finished:
+        # the crash came after the last step: Trainer would run one extra step on resume
+        log.info("%s is the final step; loading it instead of training", resume.name)
+        trainer._load_from_checkpoint(str(resume))
+        trainer.state.global_step = int(state["global_step"])
+        trainer.state.epoch = float(state.get("epoch") or 0.0)
+    else:
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+
+    final_loss = next((r["loss"] for r in reversed(log_rows)), None)
+    if final_loss is None or not isinstance(final_loss, float) or not math.isfinite(final_loss):
+        raise TrainError(f"training produced a non-finite or missing loss: {final_loss!r}")
+
+    if not trainer.is_world_process_zero():
+        return {}
+
+    # ---- output
+    summary = {
+        "recipe": spec.get("recipe"),
+        "adapter": spec.get("adapter"),
+        "template": template.name,
+        "method": method,
+        "steps": int(trainer.state.global_step),
+        "epochs": _clean_float(float(trainer.state.epoch or 0.0)),
+        "final_loss": final_loss,
+        "mean_loss": _clean_float(sum(r["loss"] for r in log_rows) / len(log_rows)),
+        "tokens_trained": int(sum(r["tokens"] for r in log_rows)),
+        "trainable_params": int(trainable),
+        "total_params": int(total),
+        "data": data_stats,
+        "config_overrides": overrides,
+        "settings": {"train": s, "effective": {k: v for k, v in eff.items() if k != "deepspeed"} |
+                     {"deepspeed": s["deepspeed"] if eff["deepspeed"] else None}},
+    }
+    base_id = spec.get("base_model") or _relative_id(base_dir)
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model) if hasattr(trainer, "accelerator") else trainer.model
+    with atomic_dir(out_dir) as tmp:
+        if method in ("lora", "qlora"):
+            unwrapped.save_pretrained(tmp, safe_serialization=True)
+            cfg_path = tmp / "adapter_config.json"
+            cfg = json.loads(cfg_path.read_text())
+            if isinstance(cfg.get("target_modules"), list):
+                cfg["target_modules"] = sorted(cfg["target_modules"])
+            cfg["base_model_name_or_path"] = base_id
+            atomic_write_json(cfg_path, cfg)
+            (tmp / "README.md").unlink(missing_ok=True)  # peft's stub card; the card stage writes ours
+        else:
+            unwrapped.config.use_cache = True
+            unwrapped.save_pretrained(tmp)
+        tok = AutoTokenizer.from_pretrained(base_dir)
+        tok.chat_template = template.chat_template
+        tok.save_pretrained(tmp)
+        atomic_write_text(tmp / "train_log.jsonl", "".join(jsonl_line(r) for r in log_rows))
+        atomic_write_json(tmp / "train_summary.json", summary)
+        atomic_write_json(tmp / "config_overrides.json", overrides)
+        for f in tmp.iterdir():
+            if f.is_file():
+                os.chmod(f, 0o644)
+    # checkpoints only serve crash recovery; the finished output replaces them
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    partial_log.unlink(missing_ok=True)
+    log.info("wrote %s (%d steps, final loss %.4f)", out_dir, summary["steps"], final_loss)
+    return summary
+
+
+def _load_spec(value: str) -> dict:
+    text = value.strip()
+    if not text.startswith("{"):
+        text = Path(value).read_text(encoding="utf-8")
+    spec = json.loads(text)
+    if not isinstance(spec, dict):
+        raise TrainError("--spec must be a JSON object")
+    return spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="reprotune.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spec", required=True, help="JSON object or path of a JSON file")
+    parser.add_argument("--data", required=True, type=Path, help="directory with train.jsonl")
+    parser.add_argument("--base", required=True, type=Path, help="base model + tokenizer directory")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (written atomically)")
+    parser.add_argument("--work", required=True, type=Path, help="checkpoint / scratch directory")
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
+    try:
+        run(_load_spec(ns.spec), ns.data, ns.base, ns.out, ns.work)
+    except TrainError as e:
+        log.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

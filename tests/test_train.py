@@ -1,0 +1,210 @@
+"""reprotune.train: deterministic LoRA under accelerate, QLoRA on CPU, full FT + RoPE scaling, resume."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reprotune import tinybase
+from reprotune.io import sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SPEC = {"recipe": "test", "adapter": "main", "template": "oasst",
+        "train": {"method": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": "all-linear"},
+                  "max_steps": 4, "max_length": 96, "per_device_batch_size": 2, "gradient_accumulation_steps": 1,
+                  "learning_rate": 1e-3, "lr_scheduler": "constant", "save_steps": 2, "seed": 7,
+                  "precision": "bf16"}}
+
+
+def _records():
+    out = []
+    for i in range(10):
+        out.append({"id": f"t/{i}", "source": "t", "system": "be brief" if i % 2 else "",
+                    "messages": [{"role": "user", "content": f"question {i} about the quick fox"},
+                                 {"role": "assistant", "content": f"the quick brown fox answer {i}"},
+                                 {"role": "user", "content": "and the dog?"},
+                                 {"role": "assistant", "content": "the lazy dog sleeps"}]})
+    out.append({"id": "rp/0", "source": "rp", "text": "hello world, the quick brown fox jumps over the lazy dog"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    data = root / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _records()), encoding="utf-8")
+    tinybase.build({"vocab_size": 512}, [data / "train.jsonl"], root / "base")
+    return root
+
+
+def _run(env, spec, name, accelerate=False, extra_env=None):
+    cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "configs/accelerate/cpu.yaml"),
+           "--num_cpu_threads_per_process", "2"] if accelerate else [sys.executable]
+    cmd += ["-m", "reprotune.train", "--spec", json.dumps(spec), "--data", str(env / "data"),
+            "--base", str(env / "base"), "--out", str(env / name), "--work", str(env / f"work-{name}")]
+    e = dict(os.environ, PYTHONHASHSEED="0", TOKENIZERS_PARALLELISM="false", **(extra_env or {}))
+    return subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True, timeout=300)
+
+
+def _ok(p):
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-6000:]
+    return p
+
+
+def _hashes(d: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted(d.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def lora_runs(env):
+    _ok(_run(env, SPEC, "lora-a", accelerate=True))
+    _ok(_run(env, SPEC, "lora-b", accelerate=True))
+    return env / "lora-a", env / "lora-b"
+
+
+@pytest.mark.slow
+def test_lora_runs_are_byte_identical(lora_runs):
+    a, b = lora_runs
+    assert _hashes(a) == _hashes(b)
+    assert sha256_file(a / "adapter_model.safetensors") == sha256_file(b / "adapter_model.safetensors")
+
+
+@pytest.mark.slow
+def test_lora_output_contents(lora_runs, env):
+    from transformers import AutoTokenizer
+
+    from reprotune import templates
+
+    out = lora_runs[0]
+    names = set(_hashes(out))
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
+            "train_log.jsonl", "train_summary.json", "config_overrides.json"} <= names
+    assert not any(n.endswith((".bin", ".pt", ".pth", ".pkl")) for n in names)
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 4 and cfg["lora_alpha"] == 8 and cfg["task_type"] == "CAUSAL_LM"
+    assert cfg["target_modules"] == sorted(cfg["target_modules"]) and len(cfg["target_modules"]) == 14
+    assert not os.path.isabs(cfg["base_model_name_or_path"])
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert set(r) == {"step", "loss", "learning_rate", "grad_norm", "epoch", "tokens"}
+        assert r["loss"] > 0 and r["tokens"] > 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["final_loss"] == rows[-1]["loss"]
+    assert summary["tokens_trained"] == sum(r["tokens"] for r in rows)
+    assert summary["trainable_params"] > 0 and summary["data"]["kept"] == 11
+    assert summary["settings"]["effective"]["precision"] == "fp32"  # bf16 requested, CPU
+    text = (out / "train_summary.json").read_text()
+    assert str(env) not in text and "time" not in text
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template == templates.get("oasst").chat_template
+    # the adapter loads on the base and changes its output
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(env / "base")
+    ids = torch.tensor([tok("<|prompter|>hi</s><|assistant|>")["input_ids"]])
+    with torch.no_grad():
+        before = base(ids).logits
+        after = PeftModel.from_pretrained(base, out)(ids).logits
+    assert not torch.allclose(before, after)
+
+
+@pytest.mark.slow
+def test_resume_after_crash_gives_same_adapter(lora_runs, env):
+    p = _run(env, SPEC, "lora-c", extra_env={"REPROTUNE_TEST_CRASH_AFTER_SAVE": "2"})
+    assert p.returncode == 75, p.stderr[-3000:]
+    assert not (env / "lora-c").exists()
+    assert (env / "work-lora-c" / "checkpoints" / "checkpoint-2").is_dir()
+    p = _ok(_run(env, SPEC, "lora-c"))
+    assert "resuming from checkpoint-2" in p.stderr
+    assert _hashes(env / "lora-c") == _hashes(lora_runs[0])
+    assert not (env / "work-lora-c" / "checkpoints").exists()  # cleaned after success
+
+
+@pytest.mark.slow
+def test_qlora_on_cpu(env):
+    import math
+
+    spec = json.loads(json.dumps(SPEC))
+    spec["template"] = "tulu"
+    spec["train"].update(method="qlora", max_steps=3, optimizer="paged_adamw_32bit", gradient_checkpointing=True,
+                         deepspeed="zero2", attn_implementation="flash_attention_2",
+                         quantization={"quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"})
+    p = _ok(_run(env, spec, "qlora"))
+    for line in ("paged_adamw_32bit needs CUDA", "deepspeed: zero2 is ignored on CPU", "using sdpa"):
+        assert line in p.stderr
+    out = env / "qlora"
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 3 and math.isfinite(summary["final_loss"])
+
+
+@pytest.mark.slow
+def test_full_finetune_with_rope_scaling(env):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    spec = json.loads(json.dumps(SPEC))
+    spec["template"] = "fashiongpt"
+    spec["train"].update(method="full", max_steps=2, rope_scaling={"type": "linear", "factor": 2},
+                         gradient_checkpointing=True)
+    _ok(_run(env, spec, "full"))
+    out = env / "full"
+    assert {"model.safetensors", "config.json", "generation_config.json"} <= set(_hashes(out))
+    cfg = json.loads((out / "config.json").read_text())
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling")
+    assert rope["rope_type" if "rope_type" in rope else "type"] == "linear" and rope["factor"] == 2.0
+    assert json.loads((out / "config_overrides.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(env / "base")
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+
+
+def test_bad_spec_is_a_one_line_error(env, tmp_path, caplog):
+    from reprotune import train
+
+    spec = {"template": "oasst", "train": {"method": "dora"}}
+    rc = train.main(["--spec", json.dumps(spec), "--data", str(env / "data"), "--base", str(env / "base"),
+                     "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")])
+    assert rc == 2
+    assert "train.method must be one of" in caplog.text
+    assert not (tmp_path / "o").exists()
+
+
+def test_collator_and_checkpoint_helpers(tmp_path):
+    from reprotune.train import Collator, last_complete_checkpoint
+
+    batch = Collator(pad_id=2)([{"input_ids": [1, 5, 6], "attention_mask": [1, 1, 1], "labels": [-100, 5, 6]},
+                               {"input_ids": [1, 7], "attention_mask": [1, 1], "labels": [-100, 7]}])
+    assert batch["input_ids"].tolist() == [[1, 5, 6], [1, 7, 2]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[-100, 5, 6], [-100, 7, -100]]
+    ck = tmp_path / "checkpoints"
+    for step, files in ((2, ["adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"]),
+                        (4, ["adapter_model.safetensors", "optimizer.pt"])):  # 4 is incomplete
+        d = ck / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        for f in files:
+            (d / f).write_text("x")
+    assert last_complete_checkpoint(ck).name == "checkpoint-2"
+    assert last_complete_checkpoint(tmp_path / "none") is None
+
+
+@pytest.mark.slow
+def test_checkpoints_of_another_spec_are_not_resumed(env):
+    spec = json.loads(json.dumps(SPEC))
+    spec["train"].update(max_steps=2, save_steps=1)
+    p = _run(env, spec, "stale", extra_env={"REPROTUNE_TEST_CRASH_AFTER_SAVE": "1"})
+    assert p.returncode == 75
+    spec["train"]["learning_rate"] = 5e-4
+    p = _ok(_run(env, spec, "stale"))
+    assert "checkpoints of a different run" in p.stderr and "resuming from checkpoint" not in p.stderr
+    assert json.loads((env / "stale" / "train_summary.json").read_text())["steps"] == 2
