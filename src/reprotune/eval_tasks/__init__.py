@@ -1,0 +1,1 @@
+"""Local lm-eval task configs (see ``tiny/README.md``)."""
