@@ -1,0 +1,305 @@
+"""Provenance lock: what exactly went into a build, as deterministic JSON.
+
+``collect(spec, inputs)`` returns a dict; ``write(spec, inputs, out_path)`` writes it
+as canonical JSON (``reprotune.io``) to ``results/<recipe>/provenance.json``.
+
+``spec``::
+
+    {"recipe": <resolved recipe dict>,
+     "command": [argv of the snakemake invocation or a canonical rebuild command],
+     "containers": {rule: image-or-digest or None}}
+
+``inputs`` maps a name to a file or directory, by convention::
+
+    "source:<name>"  -> resources/sources/<recipe>/<name>/   (has manifest.json)
+    "base"           -> base model directory
+    "adapter:<name>" -> results/<recipe>/adapters/<name>/
+    "model"          -> results/<recipe>/model/
+    "eval"           -> results/<recipe>/eval/results.json
+
+What is recorded, per input: its path relative to the working directory, the sha256
+of every file (directories: sorted relative POSIX paths), an aggregate sha256 of the
+directory (sha256 of the ``sha256sum``-style listing), and ``repo``/``revision`` from
+a ``manifest.json`` at the top of a directory when there is one. Besides the inputs:
+the code revision (``git describe --always --dirty`` and ``git rev-parse HEAD`` of the
+repository holding this package, ``"unknown"`` outside git), a sha256 over the
+package's own source files, the Python version, the versions of the ML stack, the
+sha256 of the resolved recipe's canonical JSON and the (scrubbed) recipe itself.
+
+What is never recorded: wall-clock times, host names, environment variables,
+absolute paths (paths are made relative to the working directory; a path outside it
+is recorded as ``external:<name>``) and tokens: every string is scrubbed of anything
+that looks like a Hugging Face token (``hf_`` + 20 or more alphanumerics), and values
+under keys that name a secret (``token``, ``hf_token``, ``password``, ...) are
+replaced. ``HF_TOKEN`` is never read.
+
+Excluded files: only files matching ``EXCLUDE_PATTERNS`` (in-flight temp files of
+``reprotune.io`` atomic writes, ``*.log`` files, which are volatile by nature, and
+Snakemake's empty ``.snakemake_timestamp`` marker in directory outputs). They
+are not hidden: their relative paths are listed under ``excluded`` of the input.
+"""
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata as md
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from .io import atomic_write_json, canonical_json, sha256_bytes, sha256_file
+
+FORMAT = "reprotune.provenance/v1"
+
+PACKAGES = (
+    "torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes",
+    "lm_eval", "snakemake", "huggingface_hub", "tokenizers", "safetensors",
+)
+
+# fnmatch patterns on the file *name*; matching files are listed, not hashed.
+EXCLUDE_PATTERNS = (".*.tmp-*", "*.log", ".snakemake_timestamp")
+
+HF_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{20,}")
+REDACTED = "<redacted>"
+# values under these keys (case-insensitive, "-" read as "_") are never written
+SECRET_KEY_NAMES = frozenset({
+    "token", "hf_token", "auth_token", "use_auth_token", "access_token", "hub_token",
+    "api_key", "apikey", "password", "passwd", "secret", "wandb_api_key",
+})
+
+
+def _is_secret_key(key: str) -> bool:
+    return key.strip().lstrip("-").lower().replace("-", "_") in SECRET_KEY_NAMES
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CODE_SUFFIXES = {".py", ".j2", ".yaml", ".yml", ".json", ".txt", ".smk"}
+
+
+# --------------------------------------------------------------------------- scrubbing
+class _Scrubber:
+    """Removes tokens and absolute paths (relative to ``root``) from strings."""
+
+    def __init__(self, root: Path):
+        self.root = str(root).rstrip("/")
+
+    def text(self, s: str) -> str:
+        s = HF_TOKEN_RE.sub(REDACTED, s)
+        if self.root and self.root != "/":
+            s = s.replace(self.root + "/", "").replace(self.root, ".")
+        return s
+
+    def arg(self, s: str) -> str:
+        s = self.text(str(s))
+        if "=" in s and not s.startswith("/"):
+            key, _, val = s.partition("=")
+            if _is_secret_key(key):
+                return f"{key}={REDACTED}"
+            if os.path.isabs(val):
+                return f"{key}={Path(val).name}"
+        if os.path.isabs(s):
+            return Path(s).name
+        return s
+
+    def obj(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            out = {}
+            for k, v in value.items():
+                key = self.text(str(k))
+                if _is_secret_key(str(k)) and v is not None and not isinstance(v, (bool, dict, list)):
+                    out[key] = REDACTED
+                else:
+                    out[key] = self.obj(v)
+            return out
+        if isinstance(value, (list, tuple)):
+            return [self.obj(v) for v in value]
+        if isinstance(value, str):
+            return self.text(value)
+        return value
+
+
+def _scrub_command(scrubber: _Scrubber, argv: list) -> list[str]:
+    out: list[str] = []
+    prev = ""
+    for a in argv:
+        a = str(a)
+        out.append(REDACTED if prev.startswith("-") and _is_secret_key(prev) else scrubber.arg(a))
+        prev = a
+    return out
+
+
+def scrub(value: Any, root: str | os.PathLike | None = None) -> Any:
+    """Public helper: scrub tokens (and ``root`` prefixes) from any JSON-like value."""
+    return _Scrubber(Path(root) if root else Path(os.getcwd())).obj(value)
+
+
+# --------------------------------------------------------------------------- hashing
+def _rel(path: Path, root: Path) -> str:
+    path = Path(os.path.abspath(path))
+    try:
+        return path.relative_to(root).as_posix() or "."
+    except ValueError:
+        return f"external:{path.name}"
+
+
+def _excluded(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pat) for pat in EXCLUDE_PATTERNS)
+
+
+def listing_sha256(files: dict[str, str]) -> str:
+    """Aggregate digest of a directory: sha256 of ``"<sha256>  <relpath>\\n"`` lines, sorted by path."""
+    text = "".join(f"{files[k]}  {k}\n" for k in sorted(files))
+    return sha256_bytes(text.encode("utf-8"))
+
+
+def hash_input(path: str | os.PathLike, root: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"provenance input does not exist: {_rel(path, root)}")
+    entry: dict[str, Any] = {"path": _rel(path, root)}
+    if path.is_file():
+        entry.update(type="file", sha256=sha256_file(path), size=path.stat().st_size)
+        return entry
+    files: dict[str, str] = {}
+    excluded: list[str] = []
+    size = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = Path(dirpath) / name
+            rel = full.relative_to(path).as_posix()
+            if _excluded(name):
+                excluded.append(rel)
+                continue
+            files[rel] = sha256_file(full)
+            size += full.stat().st_size
+    entry.update(type="dir", files=dict(sorted(files.items())), sha256=listing_sha256(files),
+                 size=size, excluded=sorted(excluded))
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        import json
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if isinstance(data, dict):
+            for key in ("repo", "revision"):
+                if key in data:
+                    entry[key] = data[key]
+    return entry
+
+
+# --------------------------------------------------------------------------- environment
+def _git(args: list[str], cwd: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C",
+                 "GIT_OPTIONAL_LOCKS": "0"},
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    value = out.stdout.strip()
+    return value if out.returncode == 0 and value else "unknown"
+
+
+def code_revision(repo_dir: Path | None = None) -> dict:
+    """Git revision of the code (``unknown`` outside git) plus a digest of the package sources."""
+    repo_dir = repo_dir or PACKAGE_DIR
+    files = {}
+    for p in sorted(PACKAGE_DIR.rglob("*")):
+        if p.is_file() and p.suffix in CODE_SUFFIXES and "__pycache__" not in p.parts:
+            files[p.relative_to(PACKAGE_DIR).as_posix()] = sha256_file(p)
+    return {
+        "git_describe": _git(["describe", "--always", "--dirty"], repo_dir),
+        "git_head": _git(["rev-parse", "HEAD"], repo_dir),
+        "package_sha256": listing_sha256(files),
+    }
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in names:
+        version = None
+        for candidate in (name, name.replace("_", "-")):
+            try:
+                version = md.version(candidate)
+                break
+            except md.PackageNotFoundError:
+                continue
+        out[name] = version
+    return out
+
+
+def recipe_sha256(recipe: dict) -> str:
+    return sha256_bytes(canonical_json(recipe).encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- public API
+def collect(spec: dict, inputs: dict[str, str | os.PathLike]) -> dict:
+    """Build the provenance dict (see module docstring). Deterministic for the same inputs."""
+    root = Path(os.path.abspath(spec.get("root") or os.getcwd()))
+    scrubber = _Scrubber(root)
+    recipe = spec.get("recipe") or {}
+    from . import __version__
+    prov = {
+        "format": FORMAT,
+        "recipe_id": recipe.get("id"),
+        "scale": recipe.get("scale", "full"),
+        "recipe_sha256": recipe_sha256(recipe),
+        "recipe": scrubber.obj(recipe),
+        "command": _scrub_command(scrubber, spec.get("command") or []),
+        "containers": {str(k): (scrubber.text(v) if isinstance(v, str) else None)
+                       for k, v in sorted((spec.get("containers") or {}).items())},
+        "code": {**code_revision(), "reprotune": __version__},
+        "python": platform.python_version(),
+        "versions": package_versions(),
+        "inputs": {name: scrubber.obj(hash_input(path, root)) for name, path in sorted(inputs.items())},
+    }
+    return prov
+
+
+def write(spec: dict, inputs: dict[str, str | os.PathLike], out_path: str | os.PathLike) -> dict:
+    prov = collect(spec, inputs)
+    atomic_write_json(out_path, prov)
+    return prov
+
+
+# --------------------------------------------------------------------------- diff
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, dict) and value:
+        for k in sorted(value, key=str):
+            _flatten(value[k], f"{prefix}.{k}" if prefix else str(k), out)
+    elif isinstance(value, list) and value and any(isinstance(v, (dict, list)) for v in value):
+        for i, v in enumerate(value):
+            _flatten(v, f"{prefix}[{i}]", out)
+    else:
+        out[prefix] = value
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    return canonical_json(v).strip().replace("\n", " ")
+
+
+def diff(a: dict, b: dict) -> list[str]:
+    """Human-readable differences between two provenance dicts (sorted, one line each).
+
+    Lines look like ``changed inputs.source:oasst1.files.data/x.parquet: <old> -> <new>``,
+    ``added <key>: <value>`` or ``removed <key>: <value>``. An empty list means identical.
+    """
+    fa: dict[str, Any] = {}
+    fb: dict[str, Any] = {}
+    _flatten(a, "", fa)
+    _flatten(b, "", fb)
+    lines = []
+    for key in sorted(set(fa) | set(fb)):
+        if key not in fb:
+            lines.append(f"removed {key}: {_show(fa[key])}")
+        elif key not in fa:
+            lines.append(f"added {key}: {_show(fb[key])}")
+        elif fa[key] != fb[key]:
+            lines.append(f"changed {key}: {_show(fa[key])} -> {_show(fb[key])}")
+    return lines
