@@ -16,7 +16,8 @@ $(VENV)/.installed: envs/requirements.lock pyproject.toml
 	@touch $@
 
 demo: venv
-	$(VENV)/bin/snakemake --cores $(CORES) --configfile config.yaml
+	# rules call `python -m reprotune` and `accelerate`: put the venv first on PATH
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" snakemake --cores $(CORES) --configfile config.yaml
 
 test: venv
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)

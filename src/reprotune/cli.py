@@ -100,13 +100,12 @@ def cmd_provenance(a) -> int:
 
 
 def cmd_card(a) -> int:
-    from .card import render
+    from .card import render, render_adapter
 
     spec = _spec(a.spec)
-    render.render(spec, Path(a.out))
-    if a.adapter_readme:
-        for name, path in sorted(_pairs(a.adapter_readme).items()):
-            render.render_adapter(spec, name, path)
+    render(spec, Path(a.out))
+    for name, path in sorted(_pairs(a.adapter_readme).items()):
+        render_adapter(spec, name, path)
     return 0
 
 

@@ -112,6 +112,7 @@ def mix_spec(recipe: dict, adapter: str) -> dict:
         "seed": d["seed"],
         "mix": d["mix"],
         "validation": d.get("validation", {}),
+        "max_val_share": d.get("max_val_share"),
         "system_messages": system_messages,
     }
 

@@ -190,6 +190,7 @@ def apply_overlay(recipe: dict, overlay: dict | None) -> dict:
         r["base_model"] = copy.deepcopy(overlay["base_model"])
     for ad in r["adapters"].values():
         ad["train"] = _deep_merge(ad["train"], overlay.get("train", {}))
+        ad["data"] = _deep_merge(ad["data"], overlay.get("data", {}))
     r["eval"] = _deep_merge(r["eval"], overlay.get("eval", {}))
     r["merge"] = _deep_merge(r["merge"], overlay.get("merge", {}))
     return r
