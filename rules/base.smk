@@ -3,7 +3,8 @@
 
 rule tiny_base:
     input:
-        sorted(str(p) for p in (Path(workflow.basedir) / "fixtures" / "hub").rglob("*") if p.is_file()),
+        texts=sorted(str(p) for p in (Path(workflow.basedir) / "fixtures" / "hub").rglob("*") if p.is_file()),
+        code=plan.code_inputs("tiny_base"),
     output:
         directory("resources/base/tiny"),
     params:
@@ -15,10 +16,12 @@ rule tiny_base:
     log:
         "logs/base/tiny_base.log",
     shell:
-        ENV + "python -m reprotune tiny-base --spec {params.spec:q} --texts {input:q} --out {output} > {log} 2>&1"
+        ENV + "python -m reprotune tiny-base --spec {params.spec:q} --texts {input.texts:q} --out {output} > {log} 2>&1"
 
 
 rule download_base:
+    input:
+        code=plan.code_inputs("download"),
     output:
         directory("resources/base/{slug}"),
     params:

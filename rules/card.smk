@@ -3,7 +3,8 @@
 
 rule provenance:
     input:
-        lambda wc: list(plan.provenance_inputs(R(wc)).values()),
+        artifacts=lambda wc: list(plan.provenance_inputs(R(wc)).values()),
+        code=plan.code_inputs("provenance"),
     output:
         "results/{recipe}/provenance.json",
     params:
@@ -26,6 +27,7 @@ rule card:
         model="results/{recipe}/model",
         results="results/{recipe}/eval/results.json",
         provenance="results/{recipe}/provenance.json",
+        code=plan.code_inputs("card"),
     output:
         card="results/{recipe}/README.md",
         adapter_cards=directory("results/{recipe}/adapter_cards"),

@@ -13,7 +13,8 @@ def _mirror_inputs(wc):
 
 rule download_source:
     input:
-        _mirror_inputs,
+        mirror=_mirror_inputs,
+        code=plan.code_inputs("download"),
     output:
         directory("resources/sources/{recipe}/{source}"),
     params:
@@ -31,7 +32,8 @@ rule download_source:
 
 rule clean_source:
     input:
-        "resources/sources/{recipe}/{source}",
+        files="resources/sources/{recipe}/{source}",
+        code=lambda wc: plan.code_inputs("clean", R(wc), wc.source),
     output:
         directory("results/{recipe}/clean/{source}"),
     params:
@@ -43,21 +45,26 @@ rule clean_source:
     log:
         "logs/{recipe}/clean/{source}.log",
     shell:
-        ENV + "python -m reprotune clean --spec {params.spec:q} --input {input} --out {output} > {log} 2>&1"
+        ENV + "python -m reprotune clean --spec {params.spec:q} --input {input.files} --out {output} > {log} 2>&1"
 
 
 def _mix_inputs(wc):
     return {s: plan.clean_dir(wc.recipe, s) for s in sorted(R(wc)["adapters"][wc.adapter]["data"]["mix"])}
 
 
+def _mix_pairs(wc):
+    return " ".join(f"{s}={plan.clean_dir(wc.recipe, s)}" for s in sorted(R(wc)["adapters"][wc.adapter]["data"]["mix"]))
+
+
 rule mix:
     input:
         unpack(_mix_inputs),
+        code=plan.code_inputs("mix"),
     output:
         directory("results/{recipe}/data/{adapter}"),
     params:
         spec=lambda wc: plan.dumps(plan.mix_spec(R(wc), wc.adapter)),
-        pairs=lambda wc, input: " ".join(f"{k}={v}" for k, v in sorted(input.items())),
+        pairs=_mix_pairs,
     threads: THREADS
     resources:
         mem_mb=lambda wc: plan.resources_for("mix", R(wc))["mem_mb"],

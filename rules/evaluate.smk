@@ -3,7 +3,8 @@
 
 rule evaluate:
     input:
-        "results/{recipe}/model",
+        model="results/{recipe}/model",
+        code=plan.code_inputs("evaluate"),
     output:
         results="results/{recipe}/eval/results.json",
         summary="results/{recipe}/eval/summary.json",
@@ -19,4 +20,4 @@ rule evaluate:
         "logs/{recipe}/evaluate.log",
     shell:
         ENV + "{params.offline}"
-        "python -m reprotune evaluate --spec {params.spec:q} --model {input} --out {output.results} > {log} 2>&1"
+        "python -m reprotune evaluate --spec {params.spec:q} --model {input.model} --out {output.results} > {log} 2>&1"

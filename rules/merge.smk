@@ -9,6 +9,7 @@ rule merge:
     input:
         unpack(_merge_adapters),
         base=lambda wc: plan.base_dir(R(wc)),
+        code=plan.code_inputs("merge"),
     output:
         directory("results/{recipe}/model"),
     params:

@@ -5,6 +5,7 @@ rule train:
     input:
         data="results/{recipe}/data/{adapter}",
         base=lambda wc: plan.base_dir(R(wc)),
+        code=lambda wc: plan.code_inputs("train", R(wc), wc.adapter),
     output:
         directory("results/{recipe}/adapters/{adapter}"),
     params:

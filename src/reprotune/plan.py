@@ -226,3 +226,47 @@ def card_spec(recipe: dict) -> dict:
         "provenance": f"results/{rid}/provenance.json",
         "prompt_example": prompt_example(recipe),
     }
+
+
+# ---------------------------------------------------------------- code inputs
+PKG = Path(__file__).resolve().parent
+
+
+def _files(*patterns: str) -> list[str]:
+    out: set[str] = set()
+    for pat in patterns:
+        out.update(str(p) for p in PKG.glob(pat) if p.is_file() and "__pycache__" not in p.parts)
+    return sorted(out)
+
+
+def code_inputs(stage: str, recipe: dict | None = None, name: str | None = None) -> list[str]:
+    """The source files a stage's output depends on, as rule inputs.
+
+    Snakemake then reruns a job when the code that made it changes (a template
+    string, a reader, the card template) and only then: editing the card
+    template reruns the card, never the training.
+    """
+    if stage == "tiny_base":
+        return _files("tinybase.py")
+    if stage == "download":
+        return _files("download.py")
+    if stage == "clean":
+        fmt = recipe["sources"][name]["format"]
+        return _files("clean.py", "filters.py", "data/*.txt", "sources/__init__.py", "sources/_*.py",
+                      f"sources/{fmt}.py")
+    if stage == "mix":
+        return _files("mix.py", "data/*.json")
+    if stage == "train":
+        tpl = recipe["adapters"][name]["template"]
+        return _files("train.py", "tokenize.py", "templates/__init__.py", "templates/base.py",
+                      f"templates/{tpl}.py", "templates/raw.py")
+    if stage == "merge":
+        return _files("merge.py")
+    if stage == "evaluate":
+        return _files("evaluate.py", "eval_tasks/**/*") + sorted(
+            str(p) for p in (REPO / "fixtures" / "eval").rglob("*") if p.is_file())
+    if stage == "provenance":
+        return _files("provenance.py")
+    if stage == "card":
+        return _files("card/*.py", "card/templates/*")
+    raise ValueError(f"unknown stage {stage!r}")
