@@ -227,6 +227,10 @@ def load_config(config: dict, source: str = "config") -> dict:
     """Validate the workflow config (already parsed) and fill defaults."""
     validate(config, "config", source)
     cfg = dict(config)
+    # `--config overlay=null` arrives as the string "null" from the command line
+    for key in ("overlay", "accelerate_config"):
+        if isinstance(cfg.get(key), str) and cfg[key].strip().lower() in ("null", "none", "~", ""):
+            cfg[key] = None
     cfg.setdefault("recipes_dir", "recipes")
     cfg.setdefault("overlay", None)
     cfg.setdefault("accelerate_config", None)
