@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 CORES  ?= all
 
-.PHONY: demo test venv clean-results
+.PHONY: demo test venv clean-results verify
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: envs/requirements.lock pyproject.toml
@@ -21,6 +21,11 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+verify: venv
+	# build the default tiny configuration twice from scratch (two temp roots), compare the
+	# sha256 of every file under results/; exits non-zero if any differ (VERIFY_ARGS: --keep, --recipes ...)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m reprotune verify $(VERIFY_ARGS)
 
 clean-results:
 	rm -rf results resources .snakemake

@@ -190,3 +190,75 @@ def test_path_outside_working_dir_is_not_absolute(build, tmp_path_factory):
     other.write_bytes(b"w")
     prov = provenance.collect(spec, {"extra": other})
     assert prov["inputs"]["extra"]["path"] == "external:weights.bin"
+
+
+# --------------------------------------------------------------------------- issue 7: what the lock holds
+REPO = Path(__file__).resolve().parents[1]
+TULU_FIXTURE = "fixtures/hub/datasets/allenai/tulu-v2-sft-mixture/data/train-00000-of-00003-99ee8754042a69f6.parquet"
+
+
+def _tiny_tulu():
+    from reprotune.recipe import load_recipe
+
+    return load_recipe(REPO / "recipes" / "tulu-v2-qlora-70b.yaml", REPO / "overlays" / "tiny.yaml")
+
+
+def test_fixture_files_recorded_with_sha256_pin_and_revision(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = _tiny_tulu()
+    prov = provenance.collect({"recipe": recipe, "command": [], "containers": {}}, {})
+    fx = prov["fixtures"]
+    entry = fx[TULU_FIXTURE]
+    assert entry["sha256"] == _sha((REPO / TULU_FIXTURE).read_bytes())
+    pins = dict(line.split()[::-1] for line in (REPO / "fixtures/SHA256SUMS").read_text().splitlines() if line.strip())
+    assert entry["pinned"] == pins[TULU_FIXTURE.removeprefix("fixtures/hub/")]
+    assert entry["revision"] == prov["code"]["git_describe"]
+    # every mirror file (the tiny base trains on all of them) and the eval fixtures
+    expected = {p.relative_to(REPO).as_posix() for root in ("fixtures/hub", "fixtures/eval")
+                for p in (REPO / root).rglob("*") if p.is_file()}
+    assert set(fx) == expected
+    # full scale: no fixtures
+    full = dict(recipe, hub_mirror=None)
+    assert provenance.collect({"recipe": full}, {})["fixtures"] == {}
+
+
+def test_code_files_dirty_flag_and_no_card_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    prov = provenance.collect({"recipe": _tiny_tulu(), "command": [], "containers": {}}, {})
+    code = prov["code"]
+    assert code["dirty"] is (code["git_describe"].endswith("-dirty")) or code["git_describe"] == "unknown"
+    files = code["files"]
+    for rel in ("src/reprotune/train.py", "src/reprotune/templates/tulu.py", "src/reprotune/sources/tulu_v2.py",
+                "src/reprotune/merge.py", "src/reprotune/evaluate.py", "src/reprotune/provenance.py"):
+        assert files[rel] == _sha((REPO / rel).read_bytes()), rel
+    assert not any("/card/" in f or f.endswith("templates/fashiongpt.py") for f in files)
+    assert code["package_sha256"] == provenance.listing_sha256(files)
+
+
+def test_containers_none_is_said_explicitly():
+    prov = provenance.collect({"recipe": {"id": "x"}, "containers": {}}, {})
+    assert prov["containers"] == {}
+    assert "no container image was used" in prov["containers_note"]
+    img = "docker://ghcr.io/x/reprotune@sha256:" + "b" * 64
+    prov = provenance.collect({"recipe": {"id": "x"}, "containers": {"train": img}}, {})
+    assert prov["containers"] == {"train": img} and prov["containers_note"] is None
+
+
+@pytest.mark.slow
+def test_real_build_lock():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _tinybuild as tb
+    from reprotune import plan
+
+    _, a, _ = tb.verified()
+    prov = json.loads((a / "results" / tb.RECIPE / "provenance.json").read_text())
+    recipe = prov["recipe"]
+    assert prov["command"] == plan.rebuild_command(recipe, "overlays/tiny.yaml")
+    assert set(prov["inputs"]) == {"source:tulu_v2_mix", "base", "adapter:main", "model", "eval"}
+    src = prov["inputs"]["source:tulu_v2_mix"]
+    assert (src["repo"], src["revision"]) == ("allenai/tulu-v2-sft-mixture", "mirror")
+    assert prov["fixtures"][TULU_FIXTURE]["sha256"] == prov["fixtures"][TULU_FIXTURE]["pinned"]
+    assert prov["containers"] == {} and prov["containers_note"]
+    assert prov["python"] and prov["versions"]["torch"]

@@ -124,6 +124,17 @@ BAD = [
     ([("id", "Tulu V2")], "key 'id': 'Tulu V2' does not match"),
     ([("eval.suite", "mystery")], "key 'eval.suite': 'mystery' is not allowed"),
     ([("sources.tulu_v2_mix.sha256", {"x.parquet": "abc"})], "does not match the pattern"),
+    # issue 7 additions: one more case per category
+    ([("sources.tulu_v2_mix.colour", 1)], "unknown key 'sources.tulu_v2_mix.colour' (expected one of: files,"),
+    ([(f"{T}.gradient_checkpointing", "yes")], f"key '{T}.gradient_checkpointing': 'yes' has the wrong type "
+                                               "(expected boolean)"),
+    ([("sources", ["tulu_v2_mix"])], "key 'sources': ['tulu_v2_mix'] has the wrong type (expected object)"),
+    ([("adapters", {})], "key 'adapters': must not be empty"),
+    ([("adapters.main.data.validation", {"fraction": 2})], "key 'adapters.main.data.validation.fraction': 2 is "
+                                                           "out of range (expected <= 1)"),
+    ([(f"{T}.lora.dropout", 1.5)], f"key '{T}.lora.dropout': 1.5 is out of range (expected <= 1)"),
+    ([(f"{T}.epochs", -1)], f"key '{T}.epochs': -1 is out of range (expected > 0)"),
+    ([(f"{T}.deepspeed", "zero9")], f"key '{T}.deepspeed': 'zero9' is not allowed (expected one of: None,"),
 ]
 
 

@@ -21,17 +21,31 @@ What is recorded, per input: its path relative to the working directory, the sha
 of every file (directories: sorted relative POSIX paths), an aggregate sha256 of the
 directory (sha256 of the ``sha256sum``-style listing), and ``repo``/``revision`` from
 a ``manifest.json`` at the top of a directory when there is one. Besides the inputs:
-the code revision (``git describe --always --dirty`` and ``git rev-parse HEAD`` of the
-repository holding this package, ``"unknown"`` outside git), a sha256 over the
-package's own source files, the Python version, the versions of the ML stack, the
-sha256 of the resolved recipe's canonical JSON and the (scrubbed) recipe itself.
+
+* ``fixtures`` (tiny scale, i.e. the recipe has a ``hub_mirror``): every file of the
+  fixture mirror (the tiny base model's tokenizer is trained on all of them, the
+  sources are read from them) and of ``fixtures/eval``, by repository-relative path:
+  ``sha256``, ``size``, ``pinned`` (its line in ``fixtures/SHA256SUMS``, or null) and
+  ``revision`` (the code revision: fixtures are versioned with the code);
+* ``code``: ``git describe --always --dirty``, ``git rev-parse HEAD`` (``"unknown"``
+  outside git), ``dirty`` (true/false/null), the sha256 of every code file the
+  recipe's stages run (``reprotune.plan.code_inputs`` of download, clean, mix,
+  train, merge, evaluate, provenance; the card's own code is left out because the
+  card is rendered *from* this lock) and ``package_sha256``, a digest of that list;
+* ``containers``: image per rule; ``{}`` with ``containers_note`` saying so when the
+  rules ran on the host (the default: no ``--use-apptainer``);
+* the Python version, the versions of the ML stack, the sha256 of the resolved
+  recipe's canonical JSON, the (scrubbed) recipe itself and ``command``: the
+  canonical rebuild command (``reprotune.plan.rebuild_command``), not the argv of
+  this run, which holds machine-specific paths.
 
 What is never recorded: wall-clock times, host names, environment variables,
 absolute paths (paths are made relative to the working directory; a path outside it
 is recorded as ``external:<name>``) and tokens: every string is scrubbed of anything
-that looks like a Hugging Face token (``hf_`` + 20 or more alphanumerics), and values
-under keys that name a secret (``token``, ``hf_token``, ``password``, ...) are
-replaced. ``HF_TOKEN`` is never read.
+that looks like a token (``hf_...``, ``sk-...``, ``ghp_...``, ...; ``TOKEN_RE``), of
+the value of every token-like environment variable (a name containing TOKEN, KEY,
+SECRET or PASSWORD, a value of 16 or more characters), and values under keys that
+name a secret (``token``, ``hf_token``, ``password``, ...) are replaced.
 
 Excluded files: only files matching ``EXCLUDE_PATTERNS`` (in-flight temp files of
 ``reprotune.io`` atomic writes, ``*.log`` files, which are volatile by nature, and
@@ -56,12 +70,26 @@ FORMAT = "reprotune.provenance/v1"
 PACKAGES = (
     "torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes",
     "lm_eval", "snakemake", "huggingface_hub", "tokenizers", "safetensors",
+    "numpy", "pyarrow", "jinja2", "pyyaml", "jsonschema", "datasketch",
 )
+CONTAINERS_NONE = ("none: every rule ran on the host Python environment (no --use-apptainer); "
+                   "no container image was used, so there is no image digest to record")
 
 # fnmatch patterns on the file *name*; matching files are listed, not hashed.
 EXCLUDE_PATTERNS = (".*.tmp-*", "*.log", ".snakemake_timestamp")
 
 HF_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{20,}")
+# token shapes of common services: Hugging Face, OpenAI/Anthropic, GitHub, Slack, AWS
+TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{20,}"
+                      r"|github_pat_[A-Za-z0-9_]{20,}|xox[abpr]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}")
+SECRET_ENV_RE = re.compile(r"TOKEN|KEY|SECRET|PASSW", re.IGNORECASE)
+
+
+def secret_env_values(environ: dict[str, str] | None = None) -> list[str]:
+    """Values of token-like environment variables (long enough to be a secret), longest first."""
+    environ = os.environ if environ is None else environ
+    vals = {v for k, v in environ.items() if SECRET_ENV_RE.search(k) and len(v) >= 16 and not v.startswith("/")}
+    return sorted(vals, key=lambda v: (-len(v), v))
 REDACTED = "<redacted>"
 # values under these keys (case-insensitive, "-" read as "_") are never written
 SECRET_KEY_NAMES = frozenset({
@@ -83,9 +111,12 @@ class _Scrubber:
 
     def __init__(self, root: Path):
         self.root = str(root).rstrip("/")
+        self.secrets = secret_env_values()
 
     def text(self, s: str) -> str:
-        s = HF_TOKEN_RE.sub(REDACTED, s)
+        for secret in self.secrets:
+            s = s.replace(secret, REDACTED)
+        s = TOKEN_RE.sub(REDACTED, s)
         if self.root and self.root != "/":
             s = s.replace(self.root + "/", "").replace(self.root, ".")
         return s
@@ -204,18 +235,82 @@ def _git(args: list[str], cwd: Path) -> str:
     return value if out.returncode == 0 and value else "unknown"
 
 
-def code_revision(repo_dir: Path | None = None) -> dict:
-    """Git revision of the code (``unknown`` outside git) plus a digest of the package sources."""
+REPO_DIR = PACKAGE_DIR.parents[1]
+
+
+def _repo_rel(p: str | os.PathLike) -> str:
+    p = Path(os.path.abspath(p))
+    try:
+        return p.relative_to(REPO_DIR).as_posix()
+    except ValueError:
+        return f"external:{p.name}"
+
+
+def stage_code_files(recipe: dict | None) -> list[str]:
+    """The code files (absolute paths) of every stage that makes this recipe's artifacts,
+    fixtures excluded (see ``fixture_files``). Without a recipe: every package source file."""
+    if recipe and recipe.get("sources") is not None and recipe.get("adapters"):
+        from . import plan
+
+        files = set(plan.code_inputs("tiny_base") + plan.code_inputs("download") + plan.code_inputs("mix")
+                    + plan.code_inputs("merge") + plan.code_inputs("evaluate") + plan.code_inputs("provenance"))
+        for src in recipe["sources"]:
+            files.update(plan.code_inputs("clean", recipe, src))
+        for ad in recipe["adapters"]:
+            files.update(plan.code_inputs("train", recipe, ad))
+        fixtures = REPO_DIR / "fixtures"
+        return sorted(f for f in files if not Path(f).is_relative_to(fixtures))
+    return sorted(str(p) for p in PACKAGE_DIR.rglob("*")
+                  if p.is_file() and p.suffix in CODE_SUFFIXES and "__pycache__" not in p.parts)
+
+
+def code_revision(repo_dir: Path | None = None, recipe: dict | None = None) -> dict:
+    """Git revision of the code (``unknown`` outside git), dirty flag, and the stages' code files."""
     repo_dir = repo_dir or PACKAGE_DIR
-    files = {}
-    for p in sorted(PACKAGE_DIR.rglob("*")):
-        if p.is_file() and p.suffix in CODE_SUFFIXES and "__pycache__" not in p.parts:
-            files[p.relative_to(PACKAGE_DIR).as_posix()] = sha256_file(p)
+    files = {_repo_rel(f): sha256_file(f) for f in stage_code_files(recipe)}
+    describe = _git(["describe", "--always", "--dirty"], repo_dir)
     return {
-        "git_describe": _git(["describe", "--always", "--dirty"], repo_dir),
+        "git_describe": describe,
         "git_head": _git(["rev-parse", "HEAD"], repo_dir),
+        "dirty": None if describe == "unknown" else describe.endswith("-dirty"),
+        "files": dict(sorted(files.items())),
         "package_sha256": listing_sha256(files),
     }
+
+
+def _pins(fixtures: Path) -> dict[str, str]:
+    """``fixtures/SHA256SUMS`` (paths relative to the mirror) as repo-relative path -> sha256."""
+    sums = fixtures / "SHA256SUMS"
+    out: dict[str, str] = {}
+    if sums.is_file():
+        for line in sums.read_text(encoding="utf-8").splitlines():
+            parts = line.strip().split(None, 1)
+            if len(parts) == 2:
+                rel = parts[1].lstrip("*")
+                base = "fixtures" if rel.startswith(("hub/", "eval/")) else "fixtures/hub"
+                out[f"{base}/{rel}"] = parts[0]
+    return out
+
+
+def fixture_files(recipe: dict | None) -> dict:
+    """Tiny scale: every fixture file the build reads, with sha256, size, pin and revision."""
+    mirror = (recipe or {}).get("hub_mirror")
+    if not mirror:
+        return {}
+    mirror_dir = Path(mirror) if os.path.isabs(mirror) else REPO_DIR / mirror
+    roots = [mirror_dir, REPO_DIR / "fixtures" / "eval"]
+    pins = _pins(REPO_DIR / "fixtures")
+    revision = _git(["describe", "--always", "--dirty"], PACKAGE_DIR)
+    out = {}
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and "__pycache__" not in p.parts and not _excluded(p.name):
+                rel = _repo_rel(p)
+                out[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size, "pinned": pins.get(rel),
+                            "revision": revision}
+    return dict(sorted(out.items()))
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
@@ -243,6 +338,8 @@ def collect(spec: dict, inputs: dict[str, str | os.PathLike]) -> dict:
     scrubber = _Scrubber(root)
     recipe = spec.get("recipe") or {}
     from . import __version__
+    containers = {str(k): (scrubber.text(v) if isinstance(v, str) else None)
+                  for k, v in sorted((spec.get("containers") or {}).items())}
     prov = {
         "format": FORMAT,
         "recipe_id": recipe.get("id"),
@@ -250,11 +347,13 @@ def collect(spec: dict, inputs: dict[str, str | os.PathLike]) -> dict:
         "recipe_sha256": recipe_sha256(recipe),
         "recipe": scrubber.obj(recipe),
         "command": _scrub_command(scrubber, spec.get("command") or []),
-        "containers": {str(k): (scrubber.text(v) if isinstance(v, str) else None)
-                       for k, v in sorted((spec.get("containers") or {}).items())},
-        "code": {**code_revision(), "reprotune": __version__},
+        "containers": containers,
+        "containers_note": None if any(containers.values()) else CONTAINERS_NONE,
+        "code": {**code_revision(recipe=recipe), "reprotune": __version__},
         "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
         "versions": package_versions(),
+        "fixtures": fixture_files(recipe),
         "inputs": {name: scrubber.obj(hash_input(path, root)) for name, path in sorted(inputs.items())},
     }
     return prov
