@@ -19,15 +19,20 @@ rule tiny_base:
         ENV + "python -m reprotune tiny-base --spec {params.spec:q} --texts {input.texts:q} --out {output} > {log} 2>&1"
 
 
+def _base_spec(slug):
+    # several recipes can share a base model; the first (sorted) recipe's lock file pins it
+    rid = sorted(r for r, rec in RECIPES.items() if plan.base_dir(rec).endswith(slug))[0]
+    lock = plan.lock_file(CFG["recipes_dir"], rid)
+    return plan.base_download_spec(RECIPES[rid], lock, CFG.get("frozen", False))
+
+
 rule download_base:
     input:
         code=plan.code_inputs("download"),
     output:
         directory("resources/base/{slug}"),
     params:
-        spec=lambda wc: plan.dumps(
-            plan.base_download_spec(next(r for r in RECIPES.values() if plan.base_dir(r).endswith(wc.slug)))
-        ),
+        spec=lambda wc: plan.dumps(_base_spec(wc.slug)),
     threads: THREADS
     resources:
         mem_mb=4000,

@@ -2,13 +2,18 @@
 
 
 def _mirror_inputs(wc):
-    """In mirror mode the mirror files are inputs, so an edited fixture reruns its source."""
+    """In mirror mode the mirror files are inputs, so an edited fixture reruns its source
+    (its pins in SHA256SUMS are a param; the download verifies every file against them)."""
     mirror = MIRROR[wc.recipe]
     if mirror is None:
         return []
     repo = R(wc)["sources"][wc.source]["repo"]
     root = mirror / "datasets" / repo
     return sorted(str(p) for p in root.rglob("*") if p.is_file())
+
+
+def _lock_file(wc):
+    return plan.lock_file(CFG["recipes_dir"], wc.recipe)
 
 
 rule download_source:
@@ -18,8 +23,9 @@ rule download_source:
     output:
         directory("resources/sources/{recipe}/{source}"),
     params:
-        spec=lambda wc: plan.dumps(plan.download_spec(R(wc), wc.source)),
+        spec=lambda wc: plan.dumps(plan.download_spec(R(wc), wc.source, _lock_file(wc), CFG.get("frozen", False))),
         mirror=lambda wc: f"--mirror {MIRROR[wc.recipe]}" if MIRROR[wc.recipe] else "",
+        pins=lambda wc: plan.dumps(plan.mirror_pins(R(wc), wc.source)),
     threads: THREADS
     resources:
         mem_mb=lambda wc: plan.resources_for("download", R(wc))["mem_mb"],
@@ -34,6 +40,8 @@ rule clean_source:
     input:
         files="resources/sources/{recipe}/{source}",
         code=lambda wc: plan.code_inputs("clean", R(wc), wc.source),
+        # only when a filter counts tokens with the base tokenizer (`tokenizer: base`)
+        tokenizer=lambda wc: [plan.base_dir(R(wc))] if plan.uses_base_tokenizer(R(wc), wc.source) else [],
     output:
         directory("results/{recipe}/clean/{source}"),
     params:
@@ -60,6 +68,7 @@ rule mix:
     input:
         unpack(_mix_inputs),
         code=plan.code_inputs("mix"),
+        tokenizer=lambda wc: plan.base_dir(R(wc)),  # token-length stats in data_report.json
     output:
         directory("results/{recipe}/data/{adapter}"),
     params:
@@ -72,4 +81,28 @@ rule mix:
     log:
         "logs/{recipe}/mix/{adapter}.log",
     shell:
-        ENV + "python -m reprotune mix --spec {params.spec:q} --clean {params.pairs} --out {output} > {log} 2>&1"
+        ENV + "python -m reprotune mix --spec {params.spec:q} --clean {params.pairs} --tokenizer {input.tokenizer} --out {output} > {log} 2>&1"
+
+
+# Optional: airoboros-style misconception pairs from an OpenAI-compatible endpoint.
+# Defined only when the config asks (`misconception_generator: {endpoint, model, n, seed}`);
+# the default build never runs it. Target: resources/generated/misconception
+# (instructions.jsonl in the airoboros schema + report.json). The API key stays in the
+# environment variable named by `api_key_env` (never in params, logs or outputs).
+if CFG.get("misconception_generator"):
+
+    rule generate_misconceptions:
+        input:
+            code=plan.code_inputs("misconception"),
+        output:
+            directory("resources/generated/misconception"),
+        params:
+            spec=plan.dumps(plan.misconception_spec(CFG)),
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=120,
+        log:
+            "logs/generated/misconception.log",
+        shell:
+            ENV + "python -m reprotune generate-misconceptions --spec {params.spec:q} --out {output} > {log} 2>&1"

@@ -176,3 +176,67 @@ def test_filter_order_and_stats():
     _, rej2, stats2 = apply_filters(recs, [specs[0], specs[2], specs[1]])
     assert [s["dropped"] for s in stats2] == [1, 2, 1]
     assert apply_filters(recs, []) == (recs, [], [])
+
+
+def _wordlevel_tokenizer(d):
+    """A tokenizer.json that splits on whitespace AND punctuation (so counts differ from str.split)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    d.mkdir(parents=True, exist_ok=True)
+    tok.save(str(d / "tokenizer.json"))
+    return d
+
+
+def test_length_tokens_with_base_tokenizer(tmp_path):
+    from reprotune.filters import make
+
+    tdir = _wordlevel_tokenizer(tmp_path / "base")
+    recs = [chat(0, "hello, world!", "ok."), chat(1, "one two", "three"), text(2, "a,b,c")]
+    # whitespace words: 3, 3, 1 -- tokenizer tokens: 6 (hello , world ! ok .), 3, 5 (a , b , c)
+    kept, _, _ = run(recs, {"name": "length", "max_tokens": 3})
+    assert ids(kept) == ["s/0", "s/1", "t/2"]
+    kept, rejects, stats = apply_filters(recs, [{"name": "length", "max_tokens": 3, "tokenizer": "base"}],
+                                         {"tokenizer_dir": str(tdir)})
+    assert ids(kept) == ["s/1"] and [r["reason"] for r in rejects] == ["filter:length"] * 2
+    assert stats == [{"name": "length", "in": 3, "out": 1, "dropped": 2}]
+    kept, _, _ = run(recs, {"name": "length", "min_tokens": 5, "tokenizer": str(tdir)})
+    assert ids(kept) == ["s/0", "t/2"]
+    with pytest.raises(FilterError, match="tokenizer 'base' needs the base model directory"):
+        make({"name": "length", "max_tokens": 3, "tokenizer": "base"})
+
+
+def test_lang_filter_on_record_field():
+    recs = [dict(chat(0, "q", "a"), lang="en"), dict(chat(1, "q", "b"), lang="de"), chat(2, "q", "c")]
+    kept, _, stats = run(recs, {"name": "lang", "allow": ["en"]})
+    assert ids(kept) == ["s/0", "s/2"] and stats[0]["dropped"] == 1
+    kept, _, _ = run(recs, {"name": "lang", "allow": "de", "missing": "drop"})
+    assert ids(kept) == ["s/1"]
+    with pytest.raises(FilterError, match="missing"):
+        run(recs, {"name": "lang", "allow": ["en"], "missing": "maybe"})
+
+
+def test_every_filter_counted_in_order_even_when_earlier_ones_drop():
+    recs = [chat(0, "", "x"), chat(1, "q", "As an AI language model, no."), chat(2, "q", "a"), chat(3, "q", "a"),
+            dict(chat(4, "q2", "a2"), lang="fr")]
+    specs = [{"name": "empty_turns"}, {"name": "refusals"}, {"name": "lang", "allow": "en"},
+             {"name": "exact_dedup"}, {"name": "near_dedup", "threshold": 0.9}]
+    kept, rejects, stats = run(recs, *specs)
+    assert ids(kept) == ["s/2"]
+    assert [(s["name"], s["in"], s["dropped"]) for s in stats] == [
+        ("empty_turns", 5, 1), ("refusals", 4, 1), ("lang", 3, 1), ("exact_dedup", 2, 1), ("near_dedup", 1, 0)]
+    assert [(r["id"], r["reason"]) for r in rejects] == [  # record order
+        ("s/0", "filter:empty_turns"), ("s/1", "filter:refusals"), ("s/3", "filter:exact_dedup"),
+        ("s/4", "filter:lang")]
+
+
+def test_hashset64_across_flushes():
+    from reprotune.filters import HashSet64
+
+    hs = HashSet64(flush=4)
+    rng = random.Random(1)
+    vals = [rng.getrandbits(64) for _ in range(50)]
+    assert [hs.add(v) for v in vals] == [True] * len(set(vals))
+    assert [hs.add(v) for v in vals] == [False] * 50  # found in the sorted part and in the recent set
+    assert len(hs) == 50 and hs.add(2**64 - 1) and not hs.add(2**64 - 1) and hs.add(0)

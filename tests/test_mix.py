@@ -50,7 +50,12 @@ def _mirror(tmp_path):
     (repo / "data" / "part-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in a))
     (repo / "data" / "part-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in b))
     (repo / "README.md").write_text("card\n")
-    return tmp_path / "hub"
+    from reprotune.io import sha256_file
+
+    hub = tmp_path / "hub"
+    (tmp_path / "SHA256SUMS").write_text("".join(
+        f"{sha256_file(p)}  {p.relative_to(hub).as_posix()}\n" for p in sorted(hub.rglob("*")) if p.is_file()))
+    return hub
 
 
 def test_clean_source_end_to_end(tmp_path):

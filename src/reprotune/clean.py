@@ -9,12 +9,14 @@ Output (atomic directory)::
 """
 from __future__ import annotations
 
+import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
 from reprotune.download import DownloadError, match_patterns
-from reprotune.filters import apply_filters
-from reprotune.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_json
+from reprotune.filters import FilterChain
+from reprotune.io import CHUNK, atomic_dir, atomic_write_json, jsonl_line, read_json
 
 
 class CleanError(RuntimeError):
@@ -43,7 +45,12 @@ def resolve_files(in_dir: Path, patterns) -> list[str]:
 def clean_source(spec: dict, in_dir: Path, out_dir: Path) -> dict:
     """Run the reader and the filters for one source; return the report.
 
-    spec: a recipe source entry plus ``name``: ``{"name", "format", "files", "options", "filters"}``.
+    spec: a recipe source entry plus ``name``: ``{"name", "format", "files", "options", "filters",
+    "tokenizer_dir"?}`` (``tokenizer_dir``: the base model directory for ``tokenizer: base`` filters).
+
+    Streaming: records go from the reader through the filter chain straight to
+    ``records.jsonl``; nothing holds a whole file (memory stays flat in the row count,
+    apart from the dedup filters' per-row hashes).
     """
     from reprotune.sources import get as get_reader
 
@@ -55,31 +62,46 @@ def clean_source(spec: dict, in_dir: Path, out_dir: Path) -> dict:
     rel_files = resolve_files(in_dir, spec.get("files"))
     files = [in_dir / p for p in rel_files]
     read = get_reader(fmt)
+    context = {"tokenizer_dir": spec["tokenizer_dir"]} if spec.get("tokenizer_dir") else {}
+    chain = FilterChain(list(spec.get("filters") or []), context)
 
-    records: list[dict] = []
-    reader_rejects: list[dict] = []
-    for row in read(files, dict(spec.get("options") or {}), name):
-        if "reason" in row:
-            reader_rejects.append(row)
-        elif "messages" in row or "text" in row:
-            records.append(row)
-        else:
-            raise CleanError(f"reader {fmt!r} yielded a row that is neither record nor reject: "
-                             f"keys {sorted(row)}")
-
-    kept, filter_rejects, stats = apply_filters(records, list(spec.get("filters") or []))
-    reasons = Counter(r["reason"] for r in reader_rejects)
-    report = {
-        "source": name,
-        "format": fmt,
-        "files": rel_files,
-        "rows_read": len(records) + len(reader_rejects),
-        "reader_rejects": {k: reasons[k] for k in sorted(reasons)},
-        "filters": stats,
-        "rows_kept": len(kept),
-    }
+    reasons: Counter = Counter()
+    n_records = 0
+    n_kept = 0
     with atomic_dir(out_dir) as tmp:
-        atomic_write_jsonl(tmp / "records.jsonl", kept)
-        atomic_write_jsonl(tmp / "rejects.jsonl", [*reader_rejects, *filter_rejects])
+        filter_rejects = tmp / ".filter_rejects.jsonl"
+        with open(tmp / "records.jsonl", "w", encoding="utf-8") as f_rec, \
+                open(tmp / "rejects.jsonl", "w", encoding="utf-8") as f_rej, \
+                open(filter_rejects, "w", encoding="utf-8") as f_frej:
+            for row in read(files, dict(spec.get("options") or {}), name):
+                if "reason" in row:
+                    reasons[row["reason"]] += 1
+                    f_rej.write(jsonl_line(row))
+                elif "messages" in row or "text" in row:
+                    n_records += 1
+                    rej = chain(row)
+                    if rej is None:
+                        n_kept += 1
+                        f_rec.write(jsonl_line(row))
+                    else:
+                        f_frej.write(jsonl_line(rej))
+                else:
+                    raise CleanError(f"reader {fmt!r} yielded a row that is neither record nor reject: "
+                                     f"keys {sorted(row)}")
+        # rejects.jsonl: reader rejects (reader order), then filter rejects
+        with open(tmp / "rejects.jsonl", "ab") as out, open(filter_rejects, "rb") as fin:
+            shutil.copyfileobj(fin, out, CHUNK)
+        filter_rejects.unlink()
+        for f in ("records.jsonl", "rejects.jsonl"):
+            os.chmod(tmp / f, 0o644)
+        report = {
+            "source": name,
+            "format": fmt,
+            "files": rel_files,
+            "rows_read": n_records + sum(reasons.values()),
+            "reader_rejects": {k: reasons[k] for k in sorted(reasons)},
+            "filters": chain.stats(),
+            "rows_kept": n_kept,
+        }
         atomic_write_json(tmp / "report.json", report)
     return report

@@ -11,6 +11,17 @@ text records through untouched; ``empty_turns``, ``length``, ``exact_dedup`` and
 
 Register a new filter with ``@register("name")`` on a factory
 ``factory(**params) -> keep(record) -> bool``.
+
+Token counts (``length`` with ``min_tokens``/``max_tokens``): with
+``tokenizer: base`` the recipe's base-model tokenizer is used (the clean rule
+then takes the base model directory as an input and passes it in the context as
+``tokenizer_dir``); ``tokenizer: <dir>`` names a tokenizer directory; without
+``tokenizer`` a token is a whitespace-separated word. Tokens are counted per
+part (system, input, each turn; or the text) without special tokens and summed.
+
+Language: only oasst1 carries language metadata; its reader filters on it
+(option ``lang``, counted as ``lang`` reader rejects). The generic ``lang``
+filter keeps records whose ``lang`` field is allowed, for readers that keep one.
 """
 from __future__ import annotations
 
@@ -44,8 +55,12 @@ def known() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make(spec: dict) -> Keep:
-    """Build one filter from ``{"name": ..., **params}``."""
+def make(spec: dict, context: dict | None = None) -> Keep:
+    """Build one filter from ``{"name": ..., **params}``.
+
+    ``context`` carries build facts a recipe cannot spell out, e.g. ``tokenizer_dir``
+    (the base model directory) for ``tokenizer: base``.
+    """
     if not isinstance(spec, dict) or "name" not in spec:
         raise FilterError(f"filter spec must be a mapping with a 'name' key, got {spec!r}")
     name = spec["name"]
@@ -53,37 +68,91 @@ def make(spec: dict) -> Keep:
     if factory is None:
         raise FilterError(f"unknown filter {name!r}; known filters: {', '.join(known())}")
     params = {k: v for k, v in spec.items() if k != "name"}
+    if params.get("tokenizer") == "base":
+        tdir = (context or {}).get("tokenizer_dir")
+        if not tdir:
+            raise FilterError(f"filter {name!r}: tokenizer 'base' needs the base model directory "
+                              "(clean spec key 'tokenizer_dir')")
+        params["tokenizer"] = str(tdir)
     try:
         return factory(**params)
     except TypeError as exc:
         raise FilterError(f"bad parameters for filter {name!r}: {exc}") from None
 
 
-def apply_filters(records: Iterable[dict], filters: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
-    """Apply ``filters`` in order. Returns ``(kept, rejects, stats)``.
+class FilterChain:
+    """Filters in order, applied one record at a time (streaming), with counts.
+
+    ``chain(rec)`` returns None when every filter keeps ``rec``, else the reject
+    ``{"id", "source", "reason": "filter:<name>", "row": rec}``.
+    """
+
+    def __init__(self, filters: list[dict] | None, context: dict | None = None):
+        filters = list(filters or [])
+        self.chain = [(f["name"] if isinstance(f, dict) else None, make(f, context)) for f in filters]
+        self.n_in = [0] * len(self.chain)
+        self.n_drop = [0] * len(self.chain)
+
+    def __call__(self, rec: dict) -> dict | None:
+        for i, (name, keep) in enumerate(self.chain):
+            self.n_in[i] += 1
+            if not keep(rec):
+                self.n_drop[i] += 1
+                return {"id": rec.get("id"), "source": rec.get("source"), "reason": f"filter:{name}", "row": rec}
+        return None
+
+    def stats(self) -> list[dict]:
+        """``[{"name", "in", "out", "dropped"}]`` one per filter, in order."""
+        return [{"name": name, "in": self.n_in[i], "out": self.n_in[i] - self.n_drop[i], "dropped": self.n_drop[i]}
+                for i, (name, _) in enumerate(self.chain)]
+
+
+def apply_filters(records: Iterable[dict], filters: list[dict],
+                  context: dict | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+    """Apply ``filters`` in order. Returns ``(kept, rejects, stats)`` (in memory; see FilterChain
+    for the streaming form ``clean`` uses).
 
     stats: ``[{"name", "in", "out", "dropped"}]`` one per filter, in order.
     rejects: ``{"id", "source", "reason": "filter:<name>", "row": record}``.
     """
-    filters = list(filters or [])
-    chain = [(f["name"] if isinstance(f, dict) else None, make(f)) for f in filters]
-    n_in = [0] * len(chain)
-    n_drop = [0] * len(chain)
+    chain = FilterChain(filters, context)
     kept: list[dict] = []
     rejects: list[dict] = []
     for rec in records:
-        for i, (name, keep) in enumerate(chain):
-            n_in[i] += 1
-            if not keep(rec):
-                n_drop[i] += 1
-                rejects.append({"id": rec.get("id"), "source": rec.get("source"),
-                                "reason": f"filter:{name}", "row": rec})
-                break
-        else:
+        rej = chain(rec)
+        if rej is None:
             kept.append(rec)
-    stats = [{"name": name, "in": n_in[i], "out": n_in[i] - n_drop[i], "dropped": n_drop[i]}
-             for i, (name, _) in enumerate(chain)]
-    return kept, rejects, stats
+        else:
+            rejects.append(rej)
+    return kept, rejects, chain.stats()
+
+
+def token_counter(tokenizer_dir: str | Path) -> Callable[[list[str]], list[int]]:
+    """``count(texts) -> [n_tokens]`` with a tokenizer directory's fast tokenizer (no special tokens).
+
+    Uses ``tokenizer.json`` through ``tokenizers`` when present (batched), else
+    ``transformers.AutoTokenizer``.
+    """
+    d = Path(tokenizer_dir)
+    if (d / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+
+        def count(texts: list[str]) -> list[int]:
+            return [len(e.ids) for e in tok.encode_batch(list(texts), add_special_tokens=False)]
+
+        return count
+    if not d.is_dir():
+        raise FilterError(f"tokenizer directory not found: {d}")
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(d))
+
+    def count_hf(texts: list[str]) -> list[int]:
+        return [len(ids) for ids in hf(list(texts), add_special_tokens=False)["input_ids"]]
+
+    return count_hf
 
 
 # --------------------------------------------------------------------------- helpers
@@ -93,7 +162,7 @@ def is_chat(rec: dict) -> bool:
     return "messages" in rec
 
 
-def _contents(rec: dict) -> list[str]:
+def _contents(rec: dict) -> list[str]:  # also used by mix (token-length stats)
     """All text of a record: system, input and message contents (or the text)."""
     if not is_chat(rec):
         return [str(rec.get("text") or "")]
@@ -233,8 +302,14 @@ def _identity(phrases_file: str | None = None, phrases: list[str] | None = None,
 
 @register("length")
 def _length(min_chars: int | None = None, max_chars: int | None = None,
-            min_tokens: int | None = None, max_tokens: int | None = None) -> Keep:
-    """Bounds (inclusive) on total characters / whitespace tokens of system + input + messages (or text)."""
+            min_tokens: int | None = None, max_tokens: int | None = None,
+            tokenizer: str | None = None) -> Keep:
+    """Bounds (inclusive) on total characters / tokens of system + input + messages (or text).
+
+    Tokens: the given tokenizer directory's tokens (``tokenizer: base`` = the base
+    model's, resolved by :func:`make`), else whitespace-separated words.
+    """
+    count = token_counter(tokenizer) if tokenizer is not None else None
 
     def keep(rec: dict) -> bool:
         parts = _contents(rec)
@@ -245,7 +320,7 @@ def _length(min_chars: int | None = None, max_chars: int | None = None,
             if max_chars is not None and n > max_chars:
                 return False
         if min_tokens is not None or max_tokens is not None:
-            n = sum(len(p.split()) for p in parts)
+            n = sum(count(parts)) if count is not None else sum(len(p.split()) for p in parts)
             if min_tokens is not None and n < min_tokens:
                 return False
             if max_tokens is not None and n > max_tokens:
@@ -255,17 +330,54 @@ def _length(min_chars: int | None = None, max_chars: int | None = None,
     return keep
 
 
+class HashSet64:
+    """A set of 64-bit hashes in about 8 bytes per entry (a sorted numpy array plus a
+    small Python set merged into it every ``flush`` inserts), so that exact dedup
+    over millions of rows keeps memory nearly flat (a Python set of digests costs
+    ~100 bytes per row)."""
+
+    def __init__(self, flush: int = 1 << 16):
+        import numpy as np
+
+        self._np = np
+        self.sorted = np.empty(0, dtype=np.uint64)
+        self.recent: set[int] = set()
+        self.flush = flush
+
+    def add(self, h: int) -> bool:
+        """Insert ``h``; False when it was already there."""
+        if h in self.recent:
+            return False
+        arr = self.sorted
+        if arr.size:
+            v = self._np.uint64(h)
+            i = int(arr.searchsorted(v))
+            if i < arr.size and arr[i] == v:
+                return False
+        self.recent.add(h)
+        if len(self.recent) >= self.flush:
+            new = self._np.fromiter(self.recent, dtype=self._np.uint64, count=len(self.recent))
+            self.sorted = self._np.union1d(arr, new)
+            self.recent = set()
+        return True
+
+    def __len__(self) -> int:
+        return int(self.sorted.size) + len(self.recent)
+
+
 @register("exact_dedup")
 def _exact_dedup() -> Keep:
-    """Keep the first occurrence of each normalized (NFKC, lower-cased, whitespace-collapsed) text."""
-    seen: set[bytes] = set()
+    """Keep the first occurrence of each normalized (NFKC, lower-cased, whitespace-collapsed) text.
+
+    Texts are compared by a 64-bit blake2b hash of the normalized text (8 bytes of
+    state per row); two different texts collide with probability about n^2 / 2^65
+    (1e-7 at two million rows).
+    """
+    seen = HashSet64()
 
     def keep(rec: dict) -> bool:
-        key = hashlib.sha256(dedup_key_text(rec).encode("utf-8")).digest()
-        if key in seen:
-            return False
-        seen.add(key)
-        return True
+        key = int.from_bytes(hashlib.blake2b(dedup_key_text(rec).encode("utf-8"), digest_size=8).digest(), "big")
+        return seen.add(key)
 
     return keep
 
@@ -312,5 +424,24 @@ def _near_dedup(threshold: float = 0.9, num_perm: int = 128, shingle_size: int =
         lsh.insert(key, m)
         kept_hashes[key] = m
         return True
+
+    return keep
+
+
+@register("lang")
+def _lang(allow: list[str] | str, missing: str = "keep", field: str = "lang") -> Keep:
+    """Keep records whose ``field`` (default ``lang``) is in ``allow``; records without the
+    field are kept (``missing: keep``) or dropped (``missing: drop``)."""
+    allowed = {allow} if isinstance(allow, str) else set(allow or [])
+    if not allowed or not all(isinstance(a, str) for a in allowed):
+        raise FilterError("lang: 'allow' must be a language code or a non-empty list of them")
+    if missing not in ("keep", "drop"):
+        raise FilterError("lang: 'missing' must be 'keep' or 'drop'")
+
+    def keep(rec: dict) -> bool:
+        value = rec.get(field)
+        if value is None:
+            return missing == "keep"
+        return value in allowed
 
     return keep

@@ -21,14 +21,31 @@ depend on PYTHONHASHSEED, the process count or the platform):
    Val is the concatenation in source order (not shuffled).
 
 Output (atomic directory): ``train.jsonl``, ``val.jsonl`` (maybe empty), ``data_report.json``.
+
+Memory: rows are never all held at once. Each cleaned file is indexed by the byte
+offsets of its lines; sampling, the validation split and the shuffle work on
+offsets, and rows are read back (seek + one line) while the outputs are written.
+
+Token lengths (``data_report.json`` ``token_lengths``, when a tokenizer directory
+is given: the rule passes the recipe's base model): per source and overall, over
+the *train* split, the number of tokens of the content (system, input and every
+turn, or the text; no template markup, no special tokens), as
+``{"n", "min", "median", "p95", "max"}`` with nearest-rank percentiles (integers,
+deterministic).
+
+The mix runs in one process; there is no parallel step whose scheduling could
+change the result. ``tests/test_mix.py`` checks that a run in a fresh subprocess
+with another ``PYTHONHASHSEED`` gives the same bytes as an in-process run.
 """
 from __future__ import annotations
 
 import json
 import math
 import random
+from array import array
 from pathlib import Path
 
+from reprotune.filters import _contents
 from reprotune.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_json
 
 
@@ -36,28 +53,35 @@ class MixError(ValueError):
     """Bad mix spec or missing cleaned source."""
 
 
-def _count_lines(path: Path) -> int:
-    n = 0
-    with open(path, encoding="utf-8") as f:
+def _line_offsets(path: Path) -> array:
+    """Byte offsets of the non-empty lines of a JSONL file (8 bytes per row)."""
+    out = array("q")
+    pos = 0
+    with open(path, "rb") as f:
         for line in f:
             if line.strip():
-                n += 1
-    return n
-
-
-def _read_selected(path: Path, wanted: list[int]) -> list[dict]:
-    """Records at the given (sorted) indices of the non-empty lines of a JSONL file."""
-    want = set(wanted)
-    out = []
-    i = 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            if i in want:
-                out.append(json.loads(line))
-            i += 1
+                out.append(pos)
+            pos += len(line)
     return out
+
+
+def _read_at(f, offset: int) -> dict:
+    f.seek(offset)
+    return json.loads(f.readline())
+
+
+def _percentile(sorted_vals, q: float) -> int:
+    """Nearest-rank percentile of a sorted, non-empty sequence."""
+    k = max(1, math.ceil(q * len(sorted_vals)))
+    return int(sorted_vals[k - 1])
+
+
+def length_stats(values) -> dict:
+    v = sorted(values)
+    if not v:
+        return {"n": 0, "min": None, "median": None, "p95": None, "max": None}
+    return {"n": len(v), "min": int(v[0]), "median": _percentile(v, 0.5), "p95": _percentile(v, 0.95),
+            "max": int(v[-1])}
 
 
 def _n_take(source: str, entry: dict, available: int) -> int:
@@ -145,11 +169,12 @@ def _system_messages(spec: dict) -> list[str] | None:
     return list(msgs)
 
 
-def mix(spec: dict, clean_dirs: dict[str, Path], out_dir: Path) -> dict:
+def mix(spec: dict, clean_dirs: dict[str, Path], out_dir: Path, tokenizer_dir: Path | None = None) -> dict:
     """Sample, split and shuffle the cleaned sources of one adapter; return data_report.
 
     spec: ``{"recipe", "adapter", "seed", "mix": {source: {"fraction"|"count", "max_val"?}},
     "validation"?: {"size"|"fraction"}, "system_messages"?: {"assign_to_empty", "messages"}}``.
+    ``tokenizer_dir``: count train token lengths with this tokenizer (the base model's).
     """
     mix_spec = spec.get("mix") or {}
     if not mix_spec:
@@ -161,29 +186,39 @@ def mix(spec: dict, clean_dirs: dict[str, Path], out_dir: Path) -> dict:
     if missing:
         raise MixError(f"no cleaned data given for source(s): {', '.join(missing)}")
     sysmsgs = _system_messages(spec)
+    count_tokens = None
+    if tokenizer_dir is not None:
+        from reprotune.filters import token_counter
+
+        count_tokens = token_counter(tokenizer_dir)
 
     sources = sorted(mix_spec)
     rngs: dict[str, random.Random] = {}
-    taken_rows: dict[str, list[dict]] = {}
+    taken: dict[str, array] = {}          # source -> offsets of the taken rows, file order
+    assigned_sys: dict[str, dict[int, str]] = {}  # source -> {position in taken: system message}
+    paths: dict[str, Path] = {}
     info: dict[str, dict] = {}
     for s in sources:
         d = Path(clean_dirs[s])
         rec_path = d / "records.jsonl"
         if not rec_path.is_file():
             raise MixError(f"source {s!r}: {rec_path} not found (run the clean stage first)")
-        available = _count_lines(rec_path)
+        paths[s] = rec_path
+        offsets = _line_offsets(rec_path)
+        available = len(offsets)
         n = _n_take(s, mix_spec[s], available)
         rng = random.Random(f"{seed}:{s}")
         rngs[s] = rng
         idx = sorted(rng.sample(range(available), n))
-        rows = _read_selected(rec_path, idx)
-        assigned = 0
+        taken[s] = array("q", (offsets[i] for i in idx))
+        del offsets
+        assigned_sys[s] = {}
         if sysmsgs is not None:
-            for r in rows:
-                if "messages" in r and not r.get("system"):
-                    r["system"] = rng.choice(sysmsgs)
-                    assigned += 1
-        taken_rows[s] = rows
+            with open(rec_path, "rb") as f:
+                for pos, off in enumerate(taken[s]):
+                    r = _read_at(f, off)
+                    if "messages" in r and not r.get("system"):
+                        assigned_sys[s][pos] = rng.choice(sysmsgs)
         report_path = d / "report.json"
         clean_report = read_json(report_path) if report_path.is_file() else {}
         entry = mix_spec[s]
@@ -198,22 +233,60 @@ def mix(spec: dict, clean_dirs: dict[str, Path], out_dir: Path) -> dict:
             "shortfall": max(entry["count"] - n, 0) if "count" in entry else 0,
         }
         if sysmsgs is not None:
-            info[s]["system_messages_assigned"] = assigned
+            info[s]["system_messages_assigned"] = len(assigned_sys[s])
 
-    val_n = _val_counts(spec, {s: len(taken_rows[s]) for s in sources})
-    train: list[dict] = []
-    val: list[dict] = []
-    for s in sources:
-        rows = taken_rows[s]
-        val_idx = set(rngs[s].sample(range(len(rows)), val_n[s])) if val_n[s] else set()
-        src_val = [r for i, r in enumerate(rows) if i in val_idx]
-        src_train = [r for i, r in enumerate(rows) if i not in val_idx]
-        val.extend(src_val)
-        train.extend(src_train)
-        info[s]["train"] = len(src_train)
-        info[s]["val"] = len(src_val)
+    val_n = _val_counts(spec, {s: len(taken[s]) for s in sources})
+    train: list[tuple[int, int]] = []     # (source index, position in taken)
+    val: list[tuple[int, int]] = []
+    for si, s in enumerate(sources):
+        n = len(taken[s])
+        val_idx = set(rngs[s].sample(range(n), val_n[s])) if val_n[s] else set()
+        n_val = 0
+        for pos in range(n):
+            if pos in val_idx:
+                val.append((si, pos))
+                n_val += 1
+            else:
+                train.append((si, pos))
+        info[s]["train"] = n - n_val
+        info[s]["val"] = n_val
 
     random.Random(seed).shuffle(train)
+
+    lengths: dict[str, array] = {s: array("l") for s in sources}
+
+    def rows(items, measure: bool):
+        handles = {}
+        batch: list[tuple[str, list[str]]] = []
+
+        def flush():
+            if batch:
+                flat = [p for _, parts in batch for p in parts]
+                counts = count_tokens(flat)
+                k = 0
+                for src, parts in batch:
+                    lengths[src].append(sum(counts[k:k + len(parts)]))
+                    k += len(parts)
+                batch.clear()
+
+        try:
+            for si, pos in items:
+                s = sources[si]
+                if s not in handles:
+                    handles[s] = open(paths[s], "rb")
+                r = _read_at(handles[s], taken[s][pos])
+                if pos in assigned_sys[s]:
+                    r["system"] = assigned_sys[s][pos]
+                if measure and count_tokens is not None:
+                    batch.append((s, _contents(r)))
+                    if len(batch) >= 512:
+                        flush()
+                yield r
+            if measure and count_tokens is not None:
+                flush()
+        finally:
+            for f in handles.values():
+                f.close()
 
     report = {
         "recipe": spec.get("recipe"),
@@ -225,7 +298,14 @@ def mix(spec: dict, clean_dirs: dict[str, Path], out_dir: Path) -> dict:
     if spec.get("validation"):
         report["validation"] = dict(spec["validation"])
     with atomic_dir(out_dir) as tmp:
-        atomic_write_jsonl(tmp / "train.jsonl", train)
-        atomic_write_jsonl(tmp / "val.jsonl", val)
+        atomic_write_jsonl(tmp / "train.jsonl", rows(train, True))
+        atomic_write_jsonl(tmp / "val.jsonl", rows(val, False))
+        if count_tokens is not None:
+            report["token_lengths"] = {
+                "counted": "train split; tokens of system, input and turns (or text), base tokenizer, "
+                           "no template, no special tokens; nearest-rank percentiles",
+                "sources": {s: length_stats(lengths[s]) for s in sources},
+                "overall": length_stats([v for s in sources for v in lengths[s]]),
+            }
         atomic_write_json(tmp / "data_report.json", report)
     return report
