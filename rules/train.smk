@@ -1,4 +1,5 @@
 # Training: one job per adapter, under `accelerate launch` (CPU, one GPU, DDP or DeepSpeed).
+# Checkpoints (work dir) survive a failed job, so a rerun resumes; TensorBoard events go to logs/.
 
 
 rule train:
@@ -11,7 +12,8 @@ rule train:
     params:
         spec=lambda wc: plan.dumps(plan.train_spec(R(wc), wc.adapter)),
         launch=lambda wc: plan.accelerate_args(R(wc), wc.adapter, CFG["accelerate_config"]),
-        work="results/{recipe}/checkpoints/{adapter}",
+        work="work/{recipe}/checkpoints/{adapter}",
+        tensorboard="logs/{recipe}/tensorboard/{adapter}",
         offline=offline_env,
     threads: THREADS
     resources:
@@ -23,4 +25,5 @@ rule train:
     shell:
         ENV + "{params.offline}"
         "accelerate launch {params.launch} -m reprotune.train --spec {params.spec:q} "
-        "--data {input.data} --base {input.base} --out {output} --work {params.work} > {log} 2>&1"
+        "--data {input.data} --base {input.base} --out {output} --work {params.work} "
+        "--tensorboard {params.tensorboard} > {log} 2>&1"

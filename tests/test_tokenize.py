@@ -124,3 +124,19 @@ def test_truncation_and_drops(byte_tok):
     assert stats == {"records": 3, "kept": 2, "dropped_no_trainable": 1, "dropped_template": 0,
                      "truncated": 1, "tokens": 30 + 4, "trainable_tokens": 1 + 3}
     assert [len(x["input_ids"]) for x in rows] == [30, 4]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 1000])
+def test_batched_encode_dataset_equals_per_record_encode(bpe_tok, batch_size):
+    """The batched/numpy path gives exactly the rows of per-record ``encode``."""
+    t = templates.get("oasst")
+    records = [rec(f"question {i} about the fox", f"the quick brown fox answer {i}",
+                   *(["(yes) more", "(no) fox"] if i % 3 == 0 else []), system="sys" if i % 2 else "")
+               for i in range(17)]
+    records.append({"id": "rp/1", "source": "rp", "text": "the quick brown fox " * 5})
+    records.append(rec("a long question " * 30, "short"))  # truncated to nothing trainable at 64
+    rows, stats = encode_dataset(records, t, bpe_tok, 64, batch_size=batch_size)
+    expected = [e for e in (encode(r, t, bpe_tok, 64) for r in records) if e is not None]
+    assert rows == expected
+    assert stats["records"] == 19 and stats["kept"] == len(expected) == 18
+    assert stats["dropped_no_trainable"] == 1

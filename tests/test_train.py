@@ -1,4 +1,6 @@
-"""reprotune.train: deterministic LoRA under accelerate, QLoRA on CPU, full FT + RoPE scaling, resume."""
+"""reprotune.train: deterministic LoRA under accelerate, QLoRA on CPU, full FT + RoPE scaling, checkpoints.
+
+Resume after SIGKILL: tests/test_resume.py; packing: tests/test_packing.py; DDP: tests/test_ddp.py."""
 from __future__ import annotations
 
 import json
@@ -73,6 +75,17 @@ def test_lora_runs_are_byte_identical(lora_runs):
     a, b = lora_runs
     assert _hashes(a) == _hashes(b)
     assert sha256_file(a / "adapter_model.safetensors") == sha256_file(b / "adapter_model.safetensors")
+    assert (a / "loss_curve.png").read_bytes() == (b / "loss_curve.png").read_bytes()
+
+
+def test_loss_curve_png_is_deterministic_and_follows_the_log():
+    from reprotune.train import loss_curve_png
+
+    rows = [{"step": i, "loss": 3.0 / i, "learning_rate": 1e-4 * (1 - i / 10)} for i in range(1, 9)]
+    a = loss_curve_png(rows, "t / main (lora)")
+    assert a == loss_curve_png([dict(r) for r in rows], "t / main (lora)")
+    assert a.startswith(b"\x89PNG") and b"matplotlib" not in a  # no Software metadata
+    assert a != loss_curve_png(rows[:-1], "t / main (lora)")
 
 
 @pytest.mark.slow
@@ -84,7 +97,11 @@ def test_lora_output_contents(lora_runs, env):
     out = lora_runs[0]
     names = set(_hashes(out))
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
-            "train_log.jsonl", "train_summary.json", "config_overrides.json"} <= names
+            "train_log.jsonl", "train_summary.json", "config_overrides.json", "loss_curve.png"} <= names
+    assert not any("tfevents" in n for n in names)  # TensorBoard events carry wall-clock times: work dir only
+    assert any(p.name.startswith("events.out.tfevents") for p in (env / "work-lora-a" / "tensorboard").iterdir())
+    png = (out / "loss_curve.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and b"tEXt" not in png and b"tIME" not in png
     assert not any(n.endswith((".bin", ".pt", ".pth", ".pkl")) for n in names)
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["r"] == 4 and cfg["lora_alpha"] == 8 and cfg["task_type"] == "CAUSAL_LM"
@@ -99,6 +116,7 @@ def test_lora_output_contents(lora_runs, env):
     assert summary["steps"] == 4 and summary["final_loss"] == rows[-1]["loss"]
     assert summary["tokens_trained"] == sum(r["tokens"] for r in rows)
     assert summary["trainable_params"] > 0 and summary["data"]["kept"] == 11
+    assert summary["world_size"] == 1 and summary["packing"] is None
     assert summary["settings"]["effective"]["precision"] == "fp32"  # bf16 requested, CPU
     text = (out / "train_summary.json").read_text()
     assert str(env) not in text and "time" not in text
@@ -115,18 +133,6 @@ def test_lora_output_contents(lora_runs, env):
         before = base(ids).logits
         after = PeftModel.from_pretrained(base, out)(ids).logits
     assert not torch.allclose(before, after)
-
-
-@pytest.mark.slow
-def test_resume_after_crash_gives_same_adapter(lora_runs, env):
-    p = _run(env, SPEC, "lora-c", extra_env={"REPROTUNE_TEST_CRASH_AFTER_SAVE": "2"})
-    assert p.returncode == 75, p.stderr[-3000:]
-    assert not (env / "lora-c").exists()
-    assert (env / "work-lora-c" / "checkpoints" / "checkpoint-2").is_dir()
-    p = _ok(_run(env, SPEC, "lora-c"))
-    assert "resuming from checkpoint-2" in p.stderr
-    assert _hashes(env / "lora-c") == _hashes(lora_runs[0])
-    assert not (env / "work-lora-c" / "checkpoints").exists()  # cleaned after success
 
 
 @pytest.mark.slow
@@ -180,7 +186,7 @@ def test_bad_spec_is_a_one_line_error(env, tmp_path, caplog):
 
 
 def test_collator_and_checkpoint_helpers(tmp_path):
-    from reprotune.train import Collator, last_complete_checkpoint
+    from reprotune.train import COMPLETE_MARKER, Collator, _read_log_rows, last_complete_checkpoint
 
     batch = Collator(pad_id=2)([{"input_ids": [1, 5, 6], "attention_mask": [1, 1, 1], "labels": [-100, 5, 6]},
                                {"input_ids": [1, 7], "attention_mask": [1, 1], "labels": [-100, 7]}])
@@ -188,14 +194,25 @@ def test_collator_and_checkpoint_helpers(tmp_path):
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["labels"].tolist() == [[-100, 5, 6], [-100, 7, -100]]
     ck = tmp_path / "checkpoints"
-    for step, files in ((2, ["adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"]),
-                        (4, ["adapter_model.safetensors", "optimizer.pt"])):  # 4 is incomplete
+    full = ["adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"]
+    for step, files, marker in ((2, full, 2),
+                                (4, full[:2], 4),     # files missing
+                                (6, full, None),      # every file, but the save never finished
+                                (8, full, 6),         # marker of another step
+                                (10, full, "cut")):   # marker cut by a kill
         d = ck / f"checkpoint-{step}"
         d.mkdir(parents=True)
         for f in files:
             (d / f).write_text("x")
+        if marker == "cut":
+            (d / COMPLETE_MARKER).write_text('{"st')
+        elif marker is not None:
+            (d / COMPLETE_MARKER).write_text(json.dumps({"step": marker}))
     assert last_complete_checkpoint(ck).name == "checkpoint-2"
     assert last_complete_checkpoint(tmp_path / "none") is None
+    partial = tmp_path / "log.jsonl"
+    partial.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    assert [r["step"] for r in _read_log_rows(partial)] == [1, 2]
 
 
 @pytest.mark.slow

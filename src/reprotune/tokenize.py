@@ -1,4 +1,4 @@
-"""Templated tokenization with assistant-only labels.
+"""Templated tokenization with assistant-only labels, and packing (``pack``).
 
 ``encode`` renders a record with its template into ``(text, trainable)`` segments,
 tokenizes the concatenated text ONCE (bos added by the tokenizer) with
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import bisect
 from typing import Any, Iterable
+
+import numpy as np
 
 from reprotune.templates import Template, TemplateError
 
@@ -81,16 +83,36 @@ def encode(record: dict, template: Template, tokenizer, max_length: int) -> dict
     return {k: out[k] for k in ("input_ids", "attention_mask", "labels")}
 
 
+def _labels(ids: list[int], offsets, spans: list[tuple[int, int]]) -> list[int]:
+    """Vectorized twin of the per-token ``_inside`` test (same result, numpy speed)."""
+    ids_a = np.asarray(ids, dtype=np.int64)
+    if not spans or not len(ids):
+        return [IGNORE_INDEX] * len(ids)
+    off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    st = np.fromiter((a for a, _ in spans), dtype=np.int64, count=len(spans))
+    en = np.fromiter((b for _, b in spans), dtype=np.int64, count=len(spans))
+    i = np.searchsorted(st, off[:, 0], side="right") - 1
+    j = np.clip(i, 0, None)
+    ok = (i >= 0) & (off[:, 1] > off[:, 0]) & (st[j] <= off[:, 0]) & (off[:, 1] <= en[j])
+    return np.where(ok, ids_a, IGNORE_INDEX).tolist()
+
+
 def encode_dataset(
-    records: Iterable[dict], template: Template, tokenizer, max_length: int
+    records: Iterable[dict], template: Template, tokenizer, max_length: int, batch_size: int = 1000
 ) -> tuple[list[dict], dict[str, int]]:
     """Encode every record; returns ``(rows, stats)``.
+
+    Same rows as calling :func:`encode` per record, but the tokenizer is called once
+    per ``batch_size`` records and the label mask is computed with numpy (the data
+    path then runs at a useful fraction of raw ``tokenizer(batch)`` speed).
 
     ``stats``: ``records`` (seen), ``kept``, ``dropped_no_trainable`` (nothing left to
     train on after truncation), ``dropped_template`` (template cannot render it, e.g.
     multi-turn into a single-turn format), ``truncated`` (kept but cut), ``tokens``
     and ``trainable_tokens`` of the kept rows.  Row order is preserved.
     """
+    if max_length < 2:
+        raise ValueError("max_length must be at least 2")
     rows: list[dict] = []
     stats = {
         "records": 0,
@@ -101,20 +123,102 @@ def encode_dataset(
         "tokens": 0,
         "trainable_tokens": 0,
     }
+    eos = tokenizer.eos_token
+
+    def flush(texts: list[str], spans_list: list[list[tuple[int, int]]]) -> None:
+        if not texts:
+            return
+        enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
+        for ids, offsets, spans in zip(enc["input_ids"], enc["offset_mapping"], spans_list):
+            labels = _labels(ids, offsets, spans)
+            truncated = len(ids) > max_length
+            if truncated:
+                ids, labels = ids[:max_length], labels[:max_length]
+            n_train = sum(1 for label in labels[1:] if label != IGNORE_INDEX)
+            if n_train == 0:
+                stats["dropped_no_trainable"] += 1
+                continue
+            stats["kept"] += 1
+            stats["truncated"] += int(truncated)
+            stats["tokens"] += len(ids)
+            stats["trainable_tokens"] += n_train
+            rows.append({"input_ids": list(ids), "attention_mask": [1] * len(ids), "labels": labels})
+
+    texts: list[str] = []
+    spans_list: list[list[tuple[int, int]]] = []
     for record in records:
         stats["records"] += 1
         try:
-            full = encode_full(record, template, tokenizer, max_length)
+            segments = template.render_segments(record, eos)
         except TemplateError:
             stats["dropped_template"] += 1
             continue
-        n_train = sum(1 for label in full["labels"][1:] if label != IGNORE_INDEX)
-        if n_train == 0:
-            stats["dropped_no_trainable"] += 1
-            continue
-        stats["kept"] += 1
-        stats["truncated"] += int(full["truncated"])
-        stats["tokens"] += len(full["input_ids"])
-        stats["trainable_tokens"] += n_train
-        rows.append({k: full[k] for k in ("input_ids", "attention_mask", "labels")})
+        texts.append("".join(t for t, _ in segments))
+        spans_list.append(_trainable_spans(segments))
+        if len(texts) >= batch_size:
+            flush(texts, spans_list)
+            texts, spans_list = [], []
+    flush(texts, spans_list)
     return rows, stats
+
+
+# --------------------------------------------------------------------------- packing
+def pack(rows: list[dict], capacity: int) -> tuple[list[dict], dict[str, Any]]:
+    """Pack encoded rows into rows of at most ``capacity`` tokens (best-fit decreasing).
+
+    Padding-free packing: each packed row is the concatenation of several samples,
+    with ``position_ids`` that restart at 0 for every sample and ``seq_lens`` (the
+    sample lengths, in order).  The first token of every sample gets label ``-100``
+    so that no sample is trained to predict its first token from the previous
+    sample (``encode`` already masks bos; this makes it hold for any tokenizer).
+    Attention never crosses samples: the collator passes the restarting position ids
+    and no attention mask, from which transformers builds a per-sample causal
+    (block-diagonal) mask on sdpa/eager and uses the varlen kernel on flash-attn.
+
+    Deterministic: samples are taken longest first (ties by input order), each goes
+    into the fullest row it still fits in (ties: the oldest row), rows come out in the
+    order they were opened.  Returns ``(packed_rows, stats)`` with ``stats``:
+    ``samples``, ``rows``, ``tokens``, ``fill`` (tokens / (rows * capacity)).
+    """
+    if capacity < 1:
+        raise ValueError("capacity must be >= 1")
+    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i]["input_ids"]), i))
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # sorted (remaining capacity, bin index)
+    for i in order:
+        n = len(rows[i]["input_ids"])
+        if n > capacity:
+            raise ValueError(f"row {i} has {n} tokens, more than the packing capacity {capacity}")
+        j = bisect.bisect_left(free, (n, -1))
+        if j < len(free):
+            rem, b = free.pop(j)
+        else:
+            rem, b = capacity, len(bins)
+            bins.append([])
+        bins[b].append(i)
+        if rem - n > 0:
+            bisect.insort(free, (rem - n, b))
+    packed: list[dict] = []
+    tokens = 0
+    for members in bins:
+        ids: list[int] = []
+        labels: list[int] = []
+        pos: list[int] = []
+        lens: list[int] = []
+        for i in members:
+            r = rows[i]
+            n = len(r["input_ids"])
+            ids.extend(r["input_ids"])
+            labels.append(IGNORE_INDEX)
+            labels.extend(r["labels"][1:])
+            pos.extend(range(n))
+            lens.append(n)
+        tokens += len(ids)
+        packed.append({"input_ids": ids, "labels": labels, "position_ids": pos, "seq_lens": lens})
+    stats = {
+        "samples": len(rows),
+        "rows": len(packed),
+        "tokens": tokens,
+        "fill": round(tokens / (len(packed) * capacity), 6) if packed else 0.0,
+    }
+    return packed, stats

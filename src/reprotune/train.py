@@ -10,14 +10,27 @@ Run under accelerate::
 holds normalized records; they are encoded with ``reprotune.tokenize.encode``
 (assistant-only labels), padded with eos (labels ``-100`` on padding).
 
+Batching: one sample per row, padded to the longest row of the batch (default);
+``group_by_length: true`` batches samples of similar length together (transformers'
+``LengthGroupedSampler``); ``packing: true`` packs several samples into each row
+of at most ``max_length`` tokens (``reprotune.tokenize.pack``) with position ids
+that restart per sample and no attention mask: transformers then builds a
+per-sample causal (block-diagonal) mask on sdpa/eager, and on flash-attn the
+batch is flattened into one row and runs the varlen kernel (padding-free).
+
 Determinism: ``full_determinism=True`` (seeds + ``torch.use_deterministic_algorithms``),
 ``data_seed`` for the sampler, no timestamps in any artifact, ``target_modules``
 sorted in ``adapter_config.json``.  On CPU two runs give byte-identical adapter
 files (run with ``PYTHONHASHSEED=0`` as the pipeline does).
 
-Checkpoints go to ``WORK_DIR/checkpoints`` every ``save_steps``; a re-run with the
-same inputs resumes from the last complete checkpoint (a fingerprint of spec,
-data and base guards against resuming a different run).  The output directory is
+Checkpoints go to ``WORK_DIR/checkpoints`` every ``save_steps``; a checkpoint
+counts only once its completion marker (``reprotune_complete.json``, written after
+every process has finished writing it) exists, so a SIGKILL mid-save is harmless.
+A re-run with the same inputs resumes from the last complete checkpoint (model,
+optimizer, scheduler, RNG states, data position; a fingerprint of spec, data and
+base guards against resuming a different run).  TensorBoard event files (they
+carry wall-clock times, so never in the output) go to ``--tensorboard`` (default
+``WORK_DIR/tensorboard``).  The output directory is
 written atomically and holds:
 
 * lora/qlora: ``adapter_model.safetensors``, ``adapter_config.json``;
@@ -25,8 +38,9 @@ written atomically and holds:
 * the tokenizer (``tokenizer.json``, ``tokenizer_config.json``, chat template of
   the adapter's prompt format);
 * ``train_log.jsonl`` (one row per optimizer step: step, loss, learning_rate,
-  grad_norm, epoch, tokens), ``train_summary.json`` (steps, final loss, tokens
-  trained, trainable parameters, data counts, resolved settings) and
+  grad_norm, epoch, tokens), ``loss_curve.png`` (deterministic bytes),
+  ``train_summary.json`` (steps, final loss, tokens trained, trainable
+  parameters, world size, data and packing counts, resolved settings) and
   ``config_overrides.json`` (base-config changes made for training, e.g. RoPE
   scaling, which ``merge`` must apply to the merged model).
 """
@@ -40,10 +54,12 @@ import math
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from reprotune.io import atomic_dir, atomic_write_json, atomic_write_text, canonical_json, jsonl_line, read_jsonl
+from reprotune.io import (atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text, canonical_json,
+                          jsonl_line, read_jsonl)
 
 log = logging.getLogger("reprotune.train")
 
@@ -74,6 +90,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "num_gpus": 1,
     "deepspeed": None,
     "packing": False,
+    "group_by_length": False,
     "max_grad_norm": 1.0,
 }
 METHODS = ("lora", "qlora", "full")
@@ -143,11 +160,11 @@ def runtime_choices(s: dict, cuda: bool) -> dict[str, Any]:
         eff["precision"] = s["precision"]
     # attention kernel
     want = s.get("attn_implementation") or "sdpa"
-    if want == "flash_attention_2":
+    if want in ("flash_attention_2", "auto"):  # auto: flash-attn where it can run, else sdpa
         if cuda and importlib.util.find_spec("flash_attn") is not None:
             eff["attn_implementation"] = "flash_attention_2"
         else:
-            log.info("attn_implementation: flash_attention_2 needs flash_attn and CUDA -> using sdpa")
+            log.info("attn_implementation: %s -> using sdpa (flash_attention_2 needs flash_attn and CUDA)", want)
             eff["attn_implementation"] = "sdpa"
     else:
         eff["attn_implementation"] = want
@@ -164,10 +181,17 @@ def runtime_choices(s: dict, cuda: bool) -> dict[str, Any]:
             eff["deepspeed"] = str(CONFIG_ROOT / "deepspeed" / f"{s['deepspeed']}.json")
         else:
             log.info("deepspeed: %s is ignored on CPU", s["deepspeed"])
-    # packing
-    eff["packing"] = False
-    if s.get("packing"):
-        log.info("packing: needs flash-attn varlen kernels; packing is off (one sample per row)")
+    # packing: flash-attn runs the varlen kernel on one flattened row; sdpa/eager get a
+    # per-sample causal mask that transformers derives from the restarting position ids
+    eff["packing"] = bool(s.get("packing"))
+    eff["group_by_length"] = bool(s.get("group_by_length"))
+    if eff["packing"]:
+        how = ("flash-attn varlen (batch flattened into one row, no padding)"
+               if eff["attn_implementation"] == "flash_attention_2"
+               else f"{eff['attn_implementation']} with a per-sample causal mask from restarting position ids")
+        log.info("packing: on, %s", how)
+        if eff["group_by_length"]:
+            log.info("group_by_length: also on; packed rows are grouped by length")
     if not cuda and int(s.get("num_gpus") or 0) > 0:
         log.info("num_gpus: %s requested, no GPU present -> CPU", s["num_gpus"])
     if cuda:
@@ -226,18 +250,56 @@ def fingerprint(spec: dict, data_dir: Path, base_dir: Path) -> str:
     return h.hexdigest()
 
 
-def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
-    """Highest ``checkpoint-N`` that has weights, optimizer, scheduler and trainer state."""
+COMPLETE_MARKER = "reprotune_complete.json"
+
+
+def _checkpoint_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
     if not ckpt_dir.is_dir():
-        return None
-    found = []
-    for p in ckpt_dir.iterdir():
-        if p.is_dir() and p.name.startswith("checkpoint-") and p.name[11:].isdigit():
-            files = {f.name for f in p.iterdir()}
-            weights = {"adapter_model.safetensors", "model.safetensors"} & files
-            if weights and {"trainer_state.json", "optimizer.pt", "scheduler.pt"} <= files:
-                found.append((int(p.name[11:]), p))
-    return max(found)[1] if found else None
+        return []
+    return sorted((int(p.name[11:]), p) for p in ckpt_dir.iterdir()
+                  if p.is_dir() and p.name.startswith("checkpoint-") and p.name[11:].isdigit())
+
+
+def checkpoint_is_complete(path: Path) -> bool:
+    """Marker written after every process finished saving, plus the files resuming needs."""
+    marker = path / COMPLETE_MARKER
+    if not marker.is_file():
+        return False
+    try:
+        step = json.loads(marker.read_text(encoding="utf-8")).get("step")
+    except (OSError, ValueError, AttributeError):
+        return False
+    files = {f.name for f in path.iterdir()}
+    weights = {"adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json"} & files
+    # optimizer + scheduler: optimizer.pt / scheduler.pt, or DeepSpeed's global_step<N>/ (ZeRO states)
+    optim = {"optimizer.pt", "scheduler.pt"} <= files or any(n.startswith("global_step") for n in files)
+    return step == int(path.name[11:]) and bool(weights) and optim and "trainer_state.json" in files
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
+    """Highest ``checkpoint-N`` that is complete (see :func:`checkpoint_is_complete`)."""
+    found = [p for _, p in _checkpoint_dirs(ckpt_dir) if checkpoint_is_complete(p)]
+    return found[-1] if found else None
+
+
+def _read_log_rows(path: Path) -> list[dict]:
+    """The step log of an interrupted run; a line cut by a kill is dropped."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            break
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _relative_id(path: Path) -> str:
@@ -272,6 +334,86 @@ class Collator:
         }
 
 
+class PackedCollator:
+    """Batches of packed rows (``reprotune.tokenize.pack``); no attention mask.
+
+    ``flatten=False`` (sdpa/eager): rows are right-padded to the longest row; the
+    padding gets its own restarting position ids (a block of its own that no real
+    token attends to) and labels -100.  ``flatten=True`` (flash-attn varlen): all
+    rows are concatenated into one row of shape ``[1, total]`` -- no padding at all.
+    """
+
+    def __init__(self, pad_id: int, flatten: bool = False):
+        self.pad_id = int(pad_id)
+        self.flatten = bool(flatten)
+
+    def __call__(self, rows: list[dict]) -> dict:
+        import torch
+
+        if self.flatten:
+            ids = [[t for r in rows for t in r["input_ids"]]]
+            labels = [[t for r in rows for t in r["labels"]]]
+            pos = [[t for r in rows for t in r["position_ids"]]]
+        else:
+            width = max(len(r["input_ids"]) for r in rows)
+            ids, labels, pos = [], [], []
+            for r in rows:
+                pad = width - len(r["input_ids"])
+                ids.append(list(r["input_ids"]) + [self.pad_id] * pad)
+                labels.append(list(r["labels"]) + [-100] * pad)
+                pos.append(list(r["position_ids"]) + list(range(pad)))
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "position_ids": torch.tensor(pos, dtype=torch.long),
+        }
+
+
+def _sampling_args(cls, group_by_length: bool) -> dict:
+    """``train_sampling_strategy`` (transformers 5) or ``group_by_length`` (4.x)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    if "train_sampling_strategy" in params:
+        return {"train_sampling_strategy": "group_by_length" if group_by_length else "random"}
+    return {"group_by_length": bool(group_by_length)}
+
+
+def loss_curve_png(rows: list[dict], title: str) -> bytes:
+    """Loss (and learning rate) per step as PNG bytes; identical rows give identical bytes
+    (Agg canvas, fixed size and dpi, matplotlib defaults, no metadata)."""
+    import io
+
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    steps = [r["step"] for r in rows]
+    loss = [r["loss"] if isinstance(r["loss"], float) else float("nan") for r in rows]
+    with matplotlib.rc_context(rc=matplotlib.rcParamsDefault):
+        fig = Figure(figsize=(6.4, 4.0), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.plot(steps, loss, color="tab:blue", marker="o" if len(rows) <= 50 else None, markersize=3,
+                linewidth=1.2, label="loss")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("training loss", color="tab:blue")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        lr = [r.get("learning_rate") for r in rows]
+        if all(isinstance(x, float) for x in lr) and lr:
+            ax2 = ax.twinx()
+            ax2.plot(steps, lr, color="tab:orange", linewidth=1.0, linestyle="--", label="learning rate")
+            ax2.set_ylabel("learning rate", color="tab:orange")
+            ax2.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()
+
+
 def _checkpointing_args(cls, enabled: bool) -> dict:
     """``activation_checkpointing`` (transformers 5) or ``gradient_checkpointing`` (4.x)."""
     import inspect
@@ -291,7 +433,8 @@ def _clean_float(x: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- main
-def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Path) -> dict:
+def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Path,
+        tensorboard_dir: Path | None = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
     import transformers
@@ -300,10 +443,11 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
     from transformers.trainer_utils import enable_full_determinism
 
     from reprotune import templates
-    from reprotune.tokenize import encode_dataset
+    from reprotune.tokenize import encode_dataset, pack
 
     transformers.utils.logging.set_verbosity_warning()
     data_dir, base_dir, out_dir, work_dir = map(Path, (data_dir, base_dir, out_dir, work_dir))
+    tb_dir = Path(tensorboard_dir) if tensorboard_dir else work_dir / "tensorboard"
     if os.environ.get("PYTHONHASHSEED") != "0":
         log.info("PYTHONHASHSEED is not 0; outputs stay deterministic (target_modules are sorted) "
                  "but the pipeline runs with PYTHONHASHSEED=0")
@@ -325,20 +469,73 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
     log.info("data: %s", json.dumps(data_stats, sort_keys=True))
     if not rows:
         raise TrainError(f"no trainable rows in {train_file} (stats: {data_stats})")
+    packing_stats = None
+    if eff["packing"]:
+        rows, packing_stats = pack(rows, int(s["max_length"]))
+        log.info("packing: %d samples into %d rows of <= %d tokens (fill %.4f)", packing_stats["samples"],
+                 packing_stats["rows"], int(s["max_length"]), packing_stats["fill"])
+        collator = PackedCollator(pad_id, flatten=eff["attn_implementation"] == "flash_attention_2")
+    else:
+        collator = Collator(pad_id)
 
-    # ---- checkpoints / resume
-    fp = fingerprint(spec, data_dir, base_dir)
+    # ---- trainer arguments (this also sets up the process group under accelerate launch)
+    gc = bool(s["gradient_checkpointing"])
+    save_steps = int(s["save_steps"] or 0)
     ckpt_dir = work_dir / "checkpoints"
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=int(s["per_device_batch_size"]),
+        gradient_accumulation_steps=int(s["gradient_accumulation_steps"]),
+        num_train_epochs=float(s["epochs"]),
+        max_steps=int(s["max_steps"]) if s["max_steps"] is not None else -1,
+        learning_rate=float(s["learning_rate"]),
+        lr_scheduler_type=eff["lr_scheduler"],
+        warmup_steps=eff["warmup"],
+        weight_decay=float(s["weight_decay"]),
+        max_grad_norm=float(s["max_grad_norm"]),
+        optim=eff["optimizer"],
+        bf16=cuda and eff["precision"] == "bf16",
+        fp16=cuda and eff["precision"] == "fp16",
+        use_cpu=not cuda,
+        seed=int(s["seed"]),
+        data_seed=int(s["data_seed"]),
+        full_determinism=True,
+        **_checkpointing_args(TrainingArguments, gc and method != "qlora"),
+        **_sampling_args(TrainingArguments, eff["group_by_length"]),
+        deepspeed=eff["deepspeed"],
+        logging_strategy="steps",
+        logging_steps=1,
+        logging_nan_inf_filter=False,
+        save_strategy="steps" if save_steps > 0 else "no",
+        save_steps=max(save_steps, 1),
+        save_total_limit=2,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # LoRA and full FT use every trainable parameter
+        disable_tqdm=False,
+    )
+    world_size, rank = int(args.world_size), int(args.process_index)
+    log.info("world size %d (this is process %d)", world_size, rank)
+
+    # ---- checkpoints / resume: every process decides from the same state, then one tidies
+    fp = fingerprint(spec, data_dir, base_dir)
     fp_file = work_dir / "fingerprint.txt"
     stale = ckpt_dir.exists() and (not fp_file.is_file() or fp_file.read_text().strip() != fp)
+    resume = None if stale else last_complete_checkpoint(ckpt_dir)
+    _barrier()
     if stale:
         log.info("work dir holds checkpoints of a different run; not resuming from them")
-    if int(os.environ.get("RANK", "0")) == 0:  # one process tidies the work dir
+    if rank == 0:
         if stale:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
+        for step, p in _checkpoint_dirs(ckpt_dir):
+            if resume is None or step > int(resume.name[11:]):
+                log.info("removing incomplete %s", p.name)  # never finished saving: not trusted
+                shutil.rmtree(p, ignore_errors=True)
         work_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(fp_file, fp + "\n")
-    resume = None if stale else last_complete_checkpoint(ckpt_dir)
+    _barrier()
     if resume is not None:
         log.info("resuming from %s", resume.name)
 
@@ -368,7 +565,6 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
     model = AutoModelForCausalLM.from_pretrained(base_dir, **load_kw)
     model.config.use_cache = False
 
-    gc = bool(s["gradient_checkpointing"])
     if method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -390,44 +586,21 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
     log.info("method %s: %d trainable of %d parameters", method, trainable, total)
 
     # ---- trainer
-    save_steps = int(s["save_steps"] or 0)
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=int(s["per_device_batch_size"]),
-        gradient_accumulation_steps=int(s["gradient_accumulation_steps"]),
-        num_train_epochs=float(s["epochs"]),
-        max_steps=int(s["max_steps"]) if s["max_steps"] is not None else -1,
-        learning_rate=float(s["learning_rate"]),
-        lr_scheduler_type=eff["lr_scheduler"],
-        warmup_steps=eff["warmup"],
-        weight_decay=float(s["weight_decay"]),
-        max_grad_norm=float(s["max_grad_norm"]),
-        optim=eff["optimizer"],
-        bf16=cuda and eff["precision"] == "bf16",
-        fp16=cuda and eff["precision"] == "fp16",
-        use_cpu=not cuda,
-        seed=int(s["seed"]),
-        data_seed=int(s["data_seed"]),
-        full_determinism=True,
-        **_checkpointing_args(TrainingArguments, gc and method != "qlora"),
-        deepspeed=eff["deepspeed"],
-        logging_strategy="steps",
-        logging_steps=1,
-        logging_nan_inf_filter=False,
-        save_strategy="steps" if save_steps > 0 else "no",
-        save_steps=max(save_steps, 1),
-        save_total_limit=2,
-        report_to=[],
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-    )
-
     log_rows: list[dict] = []
     partial_log = work_dir / "train_log.partial.jsonl"
-    if resume is not None and partial_log.is_file():
-        done = json.loads((resume / "trainer_state.json").read_text())["global_step"]
-        log_rows = [r for r in read_jsonl(partial_log) if r["step"] <= done]
+    resume_step = 0
+    if resume is not None:
+        resume_step = int(json.loads((resume / "trainer_state.json").read_text())["global_step"])
+        if partial_log.is_file():
+            log_rows = [r for r in _read_log_rows(partial_log) if r["step"] <= resume_step]
+
+    tb_writer = None
+    if rank == 0:
+        from tensorboardX import SummaryWriter
+
+        # purge_step hides the events an interrupted run wrote after the checkpoint we resume from
+        tb_writer = SummaryWriter(logdir=str(tb_dir), purge_step=resume_step + 1 if resume is not None else None)
+        log.info("tensorboard event files: %s", tb_dir)
 
     class _Trainer(Trainer):
         tokens_since_log = 0
@@ -440,18 +613,43 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
         def on_log(self, args_, state, control, logs=None, **kw):
             if not logs or "loss" not in logs:
                 return
+            tokens = trainer.tokens_since_log
+            if world_size > 1:  # every process logs at the same steps: sum the trained tokens
+                t = torch.tensor(tokens, device=trainer.accelerator.device)
+                tokens = int(trainer.accelerator.reduce(t, reduction="sum").item())
             row = {"step": int(state.global_step), "loss": _clean_float(float(logs["loss"])),
                    "learning_rate": _clean_float(float(logs.get("learning_rate", 0.0))),
                    "grad_norm": _clean_float(float(logs["grad_norm"])) if logs.get("grad_norm") is not None else None,
                    "epoch": _clean_float(float(state.epoch or 0.0)),
-                   "tokens": trainer.tokens_since_log}
+                   "tokens": tokens}
             trainer.tokens_since_log = 0
             log_rows.append(row)
             if state.is_world_process_zero:
                 with open(partial_log, "a" if len(log_rows) > 1 else "w", encoding="utf-8") as f:
                     f.write(jsonl_line(row))
+                if tb_writer is not None:
+                    for key in ("loss", "learning_rate", "grad_norm"):
+                        if isinstance(row[key], float):
+                            tb_writer.add_scalar(f"train/{key}", row[key], row["step"])
+                    tb_writer.add_scalar("train/tokens", row["tokens"], row["step"])
+                    tb_writer.flush()
 
-    callbacks: list = [_LogRows()]
+    class _MarkComplete(TrainerCallback):
+        """A checkpoint counts only after every process finished writing it."""
+
+        def on_save(self, args_, state, control, **kw):
+            _barrier()
+            if hang_at == state.global_step:  # test hook: stop between the files and the marker
+                log.error("test hook: hanging before marking checkpoint-%d complete", hang_at)
+                while True:
+                    time.sleep(60)
+            if state.is_world_process_zero:
+                d = ckpt_dir / f"checkpoint-{state.global_step}"
+                atomic_write_json(d / COMPLETE_MARKER, {"step": int(state.global_step), "fingerprint": fp})
+            _barrier()
+
+    hang_at = int(os.environ.get("REPROTUNE_TEST_HANG_BEFORE_MARK", "0") or 0)
+    callbacks: list = [_LogRows(), _MarkComplete()]
     crash_at = int(os.environ.get("REPROTUNE_TEST_CRASH_AFTER_SAVE", "0") or 0)
     if crash_at > 0:  # test hook: simulate a crash right after checkpoint `crash_at` is saved
         class _Crash(TrainerCallback):
@@ -461,8 +659,7 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
                     os._exit(75)
 
         callbacks.append(_Crash())
-    trainer = _Trainer(model=model, args=args, train_dataset=rows, data_collator=Collator(pad_id),
-                       callbacks=callbacks)
+    trainer = _Trainer(model=model, args=args, train_dataset=rows, data_collator=collator, callbacks=callbacks)
     if resume is not None and trainer.is_world_process_zero():
         # rewrite the partial log so that it matches the checkpoint we resume from
         if not log_rows:
@@ -481,6 +678,8 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
         trainer.state.epoch = float(state.get("epoch") or 0.0)
     else:
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    if tb_writer is not None:
+        tb_writer.close()
 
     final_loss = next((r["loss"] for r in reversed(log_rows)), None)
     if final_loss is None or not isinstance(final_loss, float) or not math.isfinite(final_loss):
@@ -502,13 +701,16 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
         "tokens_trained": int(sum(r["tokens"] for r in log_rows)),
         "trainable_params": int(trainable),
         "total_params": int(total),
+        "world_size": world_size,
         "data": data_stats,
+        "packing": packing_stats,
         "config_overrides": overrides,
         "settings": {"train": s, "effective": {k: v for k, v in eff.items() if k != "deepspeed"} |
                      {"deepspeed": s["deepspeed"] if eff["deepspeed"] else None}},
     }
     base_id = spec.get("base_model") or _relative_id(base_dir)
     unwrapped = trainer.accelerator.unwrap_model(trainer.model) if hasattr(trainer, "accelerator") else trainer.model
+    title = f"{spec.get('recipe') or 'run'} / {spec.get('adapter') or template.name} ({method})"
     with atomic_dir(out_dir) as tmp:
         if method in ("lora", "qlora"):
             unwrapped.save_pretrained(tmp, safe_serialization=True)
@@ -526,6 +728,7 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
         tok.chat_template = template.chat_template
         tok.save_pretrained(tmp)
         atomic_write_text(tmp / "train_log.jsonl", "".join(jsonl_line(r) for r in log_rows))
+        atomic_write_bytes(tmp / "loss_curve.png", loss_curve_png(log_rows, title))
         atomic_write_json(tmp / "train_summary.json", summary)
         atomic_write_json(tmp / "config_overrides.json", overrides)
         for f in tmp.iterdir():
@@ -534,7 +737,8 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
     # checkpoints only serve crash recovery; the finished output replaces them
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     partial_log.unlink(missing_ok=True)
-    log.info("wrote %s (%d steps, final loss %.4f)", out_dir, summary["steps"], final_loss)
+    log.info("wrote %s (%d steps, final loss %.4f, world size %d)", out_dir, summary["steps"], final_loss,
+             world_size)
     return summary
 
 
@@ -555,13 +759,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", required=True, type=Path, help="base model + tokenizer directory")
     parser.add_argument("--out", required=True, type=Path, help="output directory (written atomically)")
     parser.add_argument("--work", required=True, type=Path, help="checkpoint / scratch directory")
+    parser.add_argument("--tensorboard", type=Path, default=None,
+                        help="TensorBoard event directory (default WORK/tensorboard; never inside --out)")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
     try:
-        run(_load_spec(ns.spec), ns.data, ns.base, ns.out, ns.work)
-    except TrainError as e:
-        log.error("%s", e)
-        return 2
+        run(_load_spec(ns.spec), ns.data, ns.base, ns.out, ns.work, ns.tensorboard)
+    except Exception as e:  # user-facing errors of any reprotune stage: one line, exit 2
+        if type(e).__module__.startswith("reprotune") and type(e).__name__.endswith("Error"):
+            log.error("%s", e)
+            return 2
+        raise
     return 0
 
 
