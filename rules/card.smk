@@ -4,7 +4,7 @@
 rule provenance:
     input:
         artifacts=lambda wc: list(plan.provenance_inputs(R(wc)).values()),
-        code=plan.code_inputs("provenance"),
+        code=lambda wc: plan.code_inputs("provenance", R(wc)),
     output:
         "results/{recipe}/provenance.json",
     params:
@@ -26,6 +26,8 @@ rule card:
         adapters=lambda wc: [plan.adapter_dir(wc.recipe, a) for a in sorted(R(wc)["adapters"])],
         model="results/{recipe}/model",
         results="results/{recipe}/eval/results.json",
+        variant_results=lambda wc: [plan.variant_eval(wc.recipe, v) for v in plan.merge_variants(R(wc))],
+        variant_models=lambda wc: [plan.variant_model_dir(wc.recipe, v) for v in plan.merge_variants(R(wc))],
         provenance="results/{recipe}/provenance.json",
         code=plan.code_inputs("card"),
     output:

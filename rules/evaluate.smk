@@ -11,6 +11,7 @@ rule evaluate:
     params:
         spec=lambda wc: plan.dumps(plan.eval_spec(R(wc))),
         offline=offline_env,
+        runinfo="logs/{recipe}/evaluate.runinfo.json",
     threads: THREADS
     resources:
         gpu=lambda wc: plan.resources_for("evaluate", R(wc))["gpu"],
@@ -20,4 +21,31 @@ rule evaluate:
         "logs/{recipe}/evaluate.log",
     shell:
         ENV + "{params.offline}"
-        "python -m reprotune evaluate --spec {params.spec:q} --model {input.model} --out {output.results} > {log} 2>&1"
+        "python -m reprotune evaluate --spec {params.spec:q} --model {input.model} --out {output.results} "
+        "--runinfo {params.runinfo} > {log} 2>&1"
+
+
+rule evaluate_variant:
+    input:
+        model="results/{recipe}/models/{variant}",
+        code=plan.code_inputs("evaluate"),
+    output:
+        results="results/{recipe}/eval/{variant}/results.json",
+        summary="results/{recipe}/eval/{variant}/summary.json",
+    wildcard_constraints:
+        variant="plain|qlora_dequant",
+    params:
+        spec=lambda wc: plan.dumps(plan.eval_spec(R(wc))),
+        offline=offline_env,
+        runinfo="logs/{recipe}/evaluate_{variant}.runinfo.json",
+    threads: THREADS
+    resources:
+        gpu=lambda wc: plan.resources_for("evaluate", R(wc))["gpu"],
+        mem_mb=lambda wc: plan.resources_for("evaluate", R(wc))["mem_mb"],
+        runtime=lambda wc: plan.resources_for("evaluate", R(wc))["runtime"],
+    log:
+        "logs/{recipe}/evaluate_{variant}.log",
+    shell:
+        ENV + "{params.offline}"
+        "python -m reprotune evaluate --spec {params.spec:q} --model {input.model} --out {output.results} "
+        "--runinfo {params.runinfo} > {log} 2>&1"

@@ -273,7 +273,7 @@ def test_rendering_twice_gives_identical_bytes(tmp_path):
 SEED_SECTIONS = [
     "Model description", "Datasets", "Training framework and parameters", "Bitsandbytes config",
     "Prompt template", "Model export", "Evaluation", "Usage", "License and disclaimer",
-    "Limitations & Biases", "Citation", "Notes on the original card", "Provenance",
+    "Limitations & Biases", "Developers", "Citation", "Notes on the original card", "Provenance",
 ]
 
 

@@ -279,3 +279,140 @@ def test_errors_leave_no_output(tiny):
         merge({"method": "bogus"}, tiny["base"], {"a1": tiny["a1"]}, out)
     assert not out.exists()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".bad.tmp-")]
+
+
+# --------------------------------------------------------------------------- streaming merge
+
+@pytest.fixture(scope="module")
+def sharded(tiny):
+    """The tiny base re-saved as several safetensors shards (+ index)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tiny["root"] / "base_sharded"
+    m = AutoModelForCausalLM.from_pretrained(str(tiny["base"]), dtype=torch.float32)
+    m.save_pretrained(str(out), safe_serialization=True, max_shard_size="100KB")
+    AutoTokenizer.from_pretrained(str(tiny["base"])).save_pretrained(str(out))
+    assert len(list(out.glob("model-*.safetensors"))) >= 3 and (out / "model.safetensors.index.json").exists()
+    return out
+
+
+STREAM_CASES = [
+    ({"method": "plain"}, ("a1",)),
+    ({"method": "qlora_dequant", "quantization": {"quant_type": "nf4", "double_quant": True, "blocksize": 64}},
+     ("a1",)),
+    *[({"method": "combine", "combine": {"adapters": ["a1", "a2"], "weights": [0.7, 0.3], "combination_type": c,
+                                          "density": d, "seed": 7}}, ("a1", "a2"))
+      for c, d in (("linear", None), ("cat", None), ("ties", 0.5), ("dare_linear", 0.5))],
+    ({"method": "combine", "then": "qlora_dequant",
+      "combine": {"adapters": ["a1", "a2"], "weights": [0.5, 0.5], "combination_type": "cat", "seed": 0}},
+     ("a1", "a2")),
+]
+
+
+@pytest.mark.parametrize("base_kind", ["single", "sharded"])
+@pytest.mark.parametrize("spec,adapters", STREAM_CASES,
+                         ids=["plain", "qlora_dequant", "linear", "cat", "ties", "dare_linear", "cat_then_qlora"])
+def test_streaming_equals_in_memory(tiny, sharded, spec, adapters, base_kind):
+    base = tiny["base"] if base_kind == "single" else sharded
+    dirs = {a: tiny[a] for a in adapters}
+    tag = f"{spec['method']}_{(spec.get('combine') or {}).get('combination_type', '')}_{spec.get('then', '')}_{base_kind}"
+    mem = merge({**spec, "streaming": False}, base, dirs, tiny["root"] / f"mem_{tag}")
+    st = merge(spec, base, dirs, tiny["root"] / f"st_{tag}")
+    assert st["streaming"] is True and mem["streaming"] is False
+    a, b = _load_state(tiny["root"] / f"st_{tag}"), _load_state(tiny["root"] / f"mem_{tag}")
+    assert set(a) == set(b)
+    assert _maxdiff(a, b) == 0.0  # bitwise: the same fp32 arithmetic in the same order
+    for k in ("delta_vs_base", "adapters", "max_abs_vs_plain", "roundtrip", "combination_type", "save_dtype"):
+        assert st.get(k) == mem.get(k), k
+
+
+def test_streaming_output_is_sharded_with_index(tiny, sharded):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    out = tiny["root"] / "st_shards"
+    info = merge({"method": "plain", "max_shard_size": "60KB"}, sharded, {"main": tiny["a1"]}, out)
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert info["n_shards"] == len(shards) >= 3 and info["max_shard_size"] == 60_000
+    idx = read_json(out / "model.safetensors.index.json")
+    assert sorted(set(idx["weight_map"].values())) == [p.name for p in shards]
+    total = 0
+    for p in shards:
+        with safe_open(str(p), framework="pt") as f:
+            n = sum(f.get_tensor(k).numel() * 4 for k in f.keys())
+            assert set(f.keys()) == {k for k, v in idx["weight_map"].items() if v == p.name}
+        total += n
+        # a shard exceeds the limit only when a single tensor does
+        assert n <= 60_000 or len(list(safe_open(str(p), framework="pt").keys())) == 1
+    assert idx["metadata"]["total_size"] == total
+    assert "model.safetensors.index.json" in info["files"]
+    ref = _peft_reference(tiny["base"], tiny["a1"])
+    m = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    assert _maxdiff({k: v for k, v in m.state_dict().items()}, ref) == 0.0
+
+
+def test_streaming_delta_formula_matches_adapter_tensors(tiny):
+    """The streamed delta for one tensor is scaling * B @ A read from the adapter file
+    (peft key naming, scaling = alpha / r), independent of peft's layer classes."""
+    from safetensors.torch import load_file
+
+    from reprotune.merge import lora_delta
+
+    out = tiny["root"] / "st_formula"
+    merge({"method": "plain"}, tiny["base"], {"main": tiny["a1"]}, out)
+    cfg = read_json(tiny["a1"] / "adapter_config.json")
+    ad = load_file(str(tiny["a1"] / "adapter_model.safetensors"))
+    key = "model.layers.1.self_attn.q_proj"
+    d = lora_delta(ad[f"base_model.model.{key}.lora_A.weight"], ad[f"base_model.model.{key}.lora_B.weight"],
+                   cfg["lora_alpha"] / cfg["r"])
+    got = _load_state(out)[key + ".weight"] - _load_state(tiny["base"])[key + ".weight"]
+    assert float((got - d).abs().max()) <= 1e-6
+
+
+def test_streaming_applies_config_overrides_and_dtype(tiny):
+    import shutil
+
+    adir = tiny["root"] / "a1_rope"
+    shutil.copytree(tiny["a1"], adir)
+    rope = {"rope_parameters": {"factor": 2.0, "rope_theta": 10000.0, "rope_type": "linear"}}
+    (adir / "config_overrides.json").write_text(json.dumps(rope))
+    out = tiny["root"] / "st_rope"
+    info = merge({"method": "plain", "dtype": "bfloat16"}, tiny["base"], {"main": adir}, out)
+    cfg = read_json(out / "config.json")
+    assert cfg["rope_parameters"] == rope["rope_parameters"] and info["config_overrides"] == rope
+    assert cfg["dtype"] == "bfloat16" and info["save_dtype"] == "bfloat16"
+    got = _load_state(out)
+    assert all(v.dtype == torch.bfloat16 for v in got.values())
+    ref = _peft_reference(tiny["base"], tiny["a1"])
+    assert _maxdiff(got, {k: v.to(torch.bfloat16) for k, v in ref.items()}) == 0.0
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(str(out)).rope_parameters["factor"] == 2.0
+
+
+def test_streaming_falls_back_for_modules_to_save(tiny):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    m = AutoModelForCausalLM.from_pretrained(str(tiny["base"]), dtype=torch.float32)
+    pm = get_peft_model(m, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], modules_to_save=["lm_head"],
+                                      init_lora_weights=False, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "modules_to_save" in n:
+                p.add_(0.01)
+    adir = tiny["root"] / "a_mts"
+    pm.save_pretrained(str(adir))
+    info = merge({"method": "plain"}, tiny["base"], {"main": adir}, tiny["root"] / "st_mts")
+    assert info["streaming"] is False  # handled in memory, with a warning
+    assert "lm_head.weight" in info["delta_vs_base"]["changed_tensors"]
+
+
+def test_parse_size():
+    from reprotune.merge import parse_size
+
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("500MiB") == 500 * 2**20 and parse_size(1000) == 1000
+    for bad in ("lots", "-1MB", 0):
+        with pytest.raises(MergeError):
+            parse_size(bad)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -74,7 +75,15 @@ def cmd_clean(a) -> int:
 def cmd_mix(a) -> int:
     from . import mix
 
-    mix.mix(_spec(a.spec), _pairs(a.clean), Path(a.out))
+    mix.mix(_spec(a.spec), _pairs(a.clean), Path(a.out), Path(a.tokenizer) if a.tokenizer else None)
+    return 0
+
+
+def cmd_misconceptions(a) -> int:
+    from . import misconception
+
+    rep = misconception.generate(_spec(a.spec), Path(a.out))
+    log.info("misconceptions: %s written after %s request(s)", rep["written"], rep["requests"])
     return 0
 
 
@@ -89,6 +98,12 @@ def cmd_evaluate(a) -> int:
     from . import evaluate
 
     evaluate.evaluate(_spec(a.spec), Path(a.model), Path(a.out))
+    if a.runinfo:
+        # lm-eval's run-dependent sidecar (dates, wall times, paths) belongs in logs/, not results/
+        sidecar = Path(a.out).with_suffix(".runinfo.json")
+        Path(a.runinfo).parent.mkdir(parents=True, exist_ok=True)
+        if sidecar.exists():
+            os.replace(sidecar, a.runinfo)
     return 0
 
 
@@ -119,6 +134,28 @@ def cmd_diff(a) -> int:
     if not lines:
         print("identical")
     return 1 if lines else 0
+
+
+def cmd_verify(a) -> int:
+    from . import verify
+
+    return verify.verify(a.recipes, keep=a.keep, workdir=a.workdir, cores=a.cores, configfile=a.configfile,
+                         report=a.report, compare_roots=tuple(a.compare) if a.compare else None)
+
+
+def cmd_report_assets(a) -> int:
+    from .card.report import assets
+
+    assets(_spec(a.spec), Path(a.out))
+    return 0
+
+
+def cmd_publish(a) -> int:
+    from . import publish
+
+    publish.publish(a.recipe, a.what, a.repo_id, yes=a.yes, adapter=a.adapter, results=a.results,
+                    private=a.private)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,7 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True)
     s.add_argument("--clean", nargs="+", required=True, metavar="SOURCE=DIR")
     s.add_argument("--out", required=True)
+    s.add_argument("--tokenizer", help="tokenizer dir (the base model) for token-length stats in data_report.json")
     s.set_defaults(fn=cmd_mix)
+
+    s = sub.add_parser("generate-misconceptions",
+                       help="generate airoboros-style misconception pairs from an OpenAI-compatible endpoint")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_misconceptions)
 
     s = sub.add_parser("merge", help="merge adapters into the base model")
     s.add_argument("--spec", required=True)
@@ -166,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True)
     s.add_argument("--model", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--runinfo", help="move lm-eval's run-info sidecar here (a log path)")
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("provenance", help="write provenance.json")
@@ -180,10 +225,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--adapter-readme", nargs="*", metavar="ADAPTER=PATH")
     s.set_defaults(fn=cmd_card)
 
+    s = sub.add_parser("report-assets", help="write results/<id>/report/*.html for snakemake --report")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_report_assets)
+
+    s = sub.add_parser("publish", help="upload a built model or adapter to the Hub (dry run unless --yes)")
+    s.add_argument("--recipe", required=True, help="recipe id (results/<id>/)")
+    s.add_argument("--what", required=True, choices=["model", "adapter"])
+    s.add_argument("--repo-id", required=True, metavar="ORG/NAME")
+    s.add_argument("--adapter", help="which adapter (recipes with several)")
+    s.add_argument("--results", default="results", help="results root (default: results)")
+    s.add_argument("--private", action="store_true", help="create the repo private")
+    s.add_argument("--yes", action="store_true", help="really upload (needs HF_TOKEN in the environment)")
+    s.set_defaults(fn=cmd_publish)
+
     s = sub.add_parser("diff", help="say what differs between two provenance.json files")
     s.add_argument("a")
     s.add_argument("b")
     s.set_defaults(fn=cmd_diff)
+
+    s = sub.add_parser("verify", help="build twice from scratch and compare every file under results/")
+    s.add_argument("--recipes", nargs="+", help="recipe ids (default: those of the config file)")
+    s.add_argument("--configfile", help="workflow config (default: the repository's config.yaml)")
+    s.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores per build (default: all)")
+    s.add_argument("--workdir", help="create the two build roots under this directory (default: system temp)")
+    s.add_argument("--keep", action="store_true", help="keep both build roots")
+    s.add_argument("--report", help="also write the table to this file")
+    s.add_argument("--compare", nargs=2, metavar=("ROOT_A", "ROOT_B"),
+                   help="compare two existing build roots instead of building")
+    s.set_defaults(fn=cmd_verify)
     return p
 
 

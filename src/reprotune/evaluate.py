@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -155,13 +156,20 @@ def _replace_paths(obj: Any, subs: list[tuple[str, str]]) -> Any:
     return obj
 
 
+# lm-eval stringifies task callables in ``configs`` as "<function f at 0x7f...>": the
+# address changes from run to run (ASLR), so it is dropped: "<function f>".
+_ADDRESS_RE = re.compile(r" at 0x[0-9a-fA-F]+>")
+
+
 def _jsonable(obj: Any) -> Any:
     """lm-eval results can hold numpy scalars, NaN, callables; make them canonical JSON."""
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
-    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+    if isinstance(obj, str):
+        return _ADDRESS_RE.sub(">", obj)
+    if isinstance(obj, bool) or obj is None or isinstance(obj, int):
         return obj
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else str(obj)
@@ -172,7 +180,7 @@ def _jsonable(obj: Any) -> Any:
             return _jsonable(obj.item())
     except ImportError:  # pragma: no cover
         pass
-    return str(obj)
+    return _ADDRESS_RE.sub(">", str(obj))
 
 
 def split_volatile(results: dict, subs: list[tuple[str, str]]) -> tuple[dict, dict]:

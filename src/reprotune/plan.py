@@ -62,6 +62,7 @@ def final_targets(rid: str) -> list[str]:
         f"results/{rid}/eval/results.json",
         f"results/{rid}/provenance.json",
         f"results/{rid}/README.md",
+        f"results/{rid}/report/card.html",
     ]
 
 
@@ -70,7 +71,19 @@ def tiny_base_spec(recipe: dict) -> dict:
     return dict(recipe["base_model"].get("tiny", {}))
 
 
-def download_spec(recipe: dict, source: str) -> dict:
+def lock_file(recipes_dir: str, rid: str) -> str:
+    """The recipe's lock file (``recipes/<id>.lock.json``), written by the first full-scale download."""
+    return str(repo_path(recipes_dir) / f"{rid}.lock.json")
+
+
+def _lock_args(recipe: dict, key: str, lock_file: str | None, frozen: bool) -> dict:
+    # a mirror is pinned by its SHA256SUMS: no lock (and frozen is satisfied) in mirror mode
+    if recipe.get("hub_mirror") or not lock_file:
+        return {}
+    return {"lock": {"path": lock_file, "key": key, "recipe": recipe["id"]}, "frozen": bool(frozen)}
+
+
+def download_spec(recipe: dict, source: str, lock_file: str | None = None, frozen: bool = False) -> dict:
     s = recipe["sources"][source]
     return {
         "name": source,
@@ -78,23 +91,65 @@ def download_spec(recipe: dict, source: str) -> dict:
         "revision": s.get("revision"),
         "files": s["files"],
         "sha256": s.get("sha256", {}),
+        **_lock_args(recipe, f"sources/{source}", lock_file, frozen),
     }
 
 
-def base_download_spec(recipe: dict) -> dict:
+def base_download_spec(recipe: dict, lock_file: str | None = None, frozen: bool = False) -> dict:
     b = recipe["base_model"]
-    return {"id": b["id"], "revision": b.get("revision"), "files": b.get("files", []), "sha256": b.get("sha256", {})}
+    return {"id": b["id"], "revision": b.get("revision"), "files": b.get("files", []), "sha256": b.get("sha256", {}),
+            **_lock_args(recipe, "base_model", lock_file, frozen)}
+
+
+def mirror_pin_file(recipe: dict) -> str | None:
+    """The SHA256SUMS that pins a mirror (``fixtures/SHA256SUMS`` beside ``fixtures/hub``)."""
+    m = recipe.get("hub_mirror")
+    return str(repo_path(m).parent / "SHA256SUMS") if m else None
+
+
+def mirror_pins(recipe: dict, source: str) -> dict[str, str]:
+    """This source's lines of the mirror's SHA256SUMS (a rule param: editing another
+    repo's pin does not rerun this download)."""
+    sums = mirror_pin_file(recipe)
+    if not sums or not Path(sums).is_file():
+        return {}
+    prefix = f"datasets/{recipe['sources'][source]['repo']}/"
+    out = {}
+    for line in Path(sums).read_text(encoding="utf-8").splitlines():
+        digest, _, rel = line.partition("  ")
+        if rel.startswith(prefix):
+            out[rel] = digest
+    return out
+
+
+def uses_base_tokenizer(recipe: dict, source: str) -> bool:
+    """Whether a source's filters count tokens with the base tokenizer (``tokenizer: base``)."""
+    return any(isinstance(f, dict) and f.get("tokenizer") == "base" for f in recipe["sources"][source].get("filters", []))
+
+
+def misconception_spec(cfg: dict) -> dict | None:
+    """The optional misconception generator's settings (no secrets: the key stays in the env)."""
+    g = cfg.get("misconception_generator")
+    if not g:
+        return None
+    out = {"n": 500, "seed": 0, "per_request": 10, "max_requests": 200, "temperature": 0.7,
+           "api_key_env": "OPENAI_API_KEY", "timeout_s": 120}
+    out.update({k: v for k, v in g.items() if k != "recipes"})
+    return out
 
 
 def clean_spec(recipe: dict, source: str) -> dict:
     s = recipe["sources"][source]
-    return {
+    spec = {
         "name": source,
         "format": s["format"],
         "files": s["files"],
         "options": s.get("options", {}),
         "filters": s.get("filters", []),
     }
+    if uses_base_tokenizer(recipe, source):
+        spec["tokenizer_dir"] = base_dir(recipe)
+    return spec
 
 
 def mix_spec(recipe: dict, adapter: str) -> dict:
@@ -127,6 +182,39 @@ def merge_spec(recipe: dict) -> dict:
     if m["method"] == "combine":
         m["combine"].setdefault("seed", 0)
     return m
+
+
+def merge_label(recipe: dict) -> str:
+    """The primary model's merge method (for combine: how the combination goes into the base)."""
+    m = recipe["merge"]
+    return m.get("then", "plain") if m["method"] == "combine" else m["method"]
+
+
+def merge_variants(recipe: dict) -> list[str]:
+    """Extra merge methods the card compares (``merge.compare``), each built at
+    ``results/<id>/models/<method>/`` and evaluated at ``results/<id>/eval/<method>/``."""
+    m = recipe["merge"]
+    if m["method"] == "none":
+        return []
+    return [v for v in (m.get("compare") or []) if v != merge_label(recipe)]
+
+
+def merge_variant_spec(recipe: dict, variant: str) -> dict:
+    m = merge_spec(recipe)
+    m.pop("compare", None)
+    if m["method"] == "combine":
+        m["then"] = variant
+    else:
+        m["method"] = variant
+    return m
+
+
+def variant_model_dir(rid: str, variant: str) -> str:
+    return f"results/{rid}/models/{variant}"
+
+
+def variant_eval(rid: str, variant: str) -> str:
+    return f"results/{rid}/eval/{variant}/results.json"
 
 
 def merge_adapters(recipe: dict) -> list[str]:
@@ -183,6 +271,9 @@ def provenance_inputs(recipe: dict) -> dict[str, str]:
     out.update({f"adapter:{a}": adapter_dir(rid, a) for a in sorted(recipe["adapters"])})
     out["model"] = f"results/{rid}/model"
     out["eval"] = f"results/{rid}/eval/results.json"
+    for v in merge_variants(recipe):
+        out[f"model:{v}"] = variant_model_dir(rid, v)
+        out[f"eval:{v}"] = variant_eval(rid, v)
     return out
 
 
@@ -214,6 +305,21 @@ def prompt_example(recipe: dict) -> str | None:
     return "".join(text for text, _ in tpl.render_segments(rec, eos="</s>"))
 
 
+def _card_variants(recipe: dict) -> dict:
+    """With ``merge.compare``: results and merge_info as {method: path}, primary first."""
+    rid, variants = recipe["id"], merge_variants(recipe)
+    if not variants:
+        return {}
+    label = merge_label(recipe)
+    return {
+        "results": {label: f"results/{rid}/eval/results.json",
+                    **{v: variant_eval(rid, v) for v in variants}},
+        "merge_info": {label: f"results/{rid}/model/merge_info.json",
+                       **{v: f"{variant_model_dir(rid, v)}/merge_info.json" for v in variants}},
+        "primary": label,
+    }
+
+
 def card_spec(recipe: dict) -> dict:
     rid = recipe["id"]
     adapters = sorted(recipe["adapters"])
@@ -223,9 +329,17 @@ def card_spec(recipe: dict) -> dict:
         "train_summaries": {a: f"{adapter_dir(rid, a)}/train_summary.json" for a in adapters},
         "results": f"results/{rid}/eval/results.json",
         "merge_info": f"results/{rid}/model/merge_info.json",
+        **_card_variants(recipe),
         "provenance": f"results/{rid}/provenance.json",
         "prompt_example": prompt_example(recipe),
     }
+
+
+def report_spec(recipe: dict) -> dict:
+    """What ``report-assets`` reads: the card's artifacts plus the adapter dirs and the card."""
+    rid = recipe["id"]
+    return {**card_spec(recipe), "adapter_dirs": {a: adapter_dir(rid, a) for a in sorted(recipe["adapters"])},
+            "card": f"results/{rid}/README.md"}
 
 
 # ---------------------------------------------------------------- code inputs
@@ -255,7 +369,9 @@ def code_inputs(stage: str, recipe: dict | None = None, name: str | None = None)
         return _files("clean.py", "filters.py", "data/*.txt", "sources/__init__.py", "sources/_*.py",
                       f"sources/{fmt}.py")
     if stage == "mix":
-        return _files("mix.py", "data/*.json")
+        return _files("mix.py", "filters.py", "data/*.json")  # filters.token_counter: token-length stats
+    if stage == "misconception":
+        return _files("misconception.py")
     if stage == "train":
         tpl = recipe["adapters"][name]["template"]
         return _files("train.py", "tokenize.py", "templates/__init__.py", "templates/base.py",
@@ -266,7 +382,20 @@ def code_inputs(stage: str, recipe: dict | None = None, name: str | None = None)
         return _files("evaluate.py", "eval_tasks/**/*") + sorted(
             str(p) for p in (REPO / "fixtures" / "eval").rglob("*") if p.is_file())
     if stage == "provenance":
-        return _files("provenance.py")
+        if recipe is None:
+            return _files("provenance.py")
+        # the lock records the code of every upstream stage and the fixtures (see
+        # provenance.py), so it is rewritten when any of them changes -- not the card's code
+        from .provenance import stage_code_files
+
+        files = set(stage_code_files(recipe))
+        if recipe.get("hub_mirror"):
+            mirror = repo_path(recipe["hub_mirror"])
+            files.update(str(p) for root in (mirror, REPO / "fixtures" / "eval") if root.is_dir()
+                         for p in root.rglob("*") if p.is_file())
+        return sorted(files)
+    if stage == "report":
+        return _files("card/report.py", "card/render.py")
     if stage == "card":
         return _files("card/*.py", "card/templates/*")
     raise ValueError(f"unknown stage {stage!r}")

@@ -604,6 +604,7 @@ def _provenance_context(prov: dict | None, recipe: dict) -> dict:
         python=prov.get("python"), sources=sources, others=others,
         base_revision=base_entry.get("revision") or (recipe.get("base_model") or {}).get("revision"),
         containers=sorted((prov.get("containers") or {}).items()),
+        containers_note=prov.get("containers_note"),
         command=" ".join(shlex.quote(str(a)) for a in cmd) if cmd else None,
     )
 
@@ -634,7 +635,9 @@ def build_context(spec: dict) -> dict:
         recipe_id=recipe.get("id"), title=card.get("title") or recipe.get("id"), scale=scale,
         tiny=scale == "tiny", original=card.get("original"),
         description=(card.get("description") or "").strip(), framework=(card.get("framework") or "").strip(),
-        developers=card.get("developers") or [], links=sorted((card.get("links") or {}).items()),
+        developers=card.get("developers") or [],
+        sections=[dict(title=x["title"], text=(x.get("text") or "").strip()) for x in card.get("sections") or []],
+        links=sorted((card.get("links") or {}).items()),
         license=card.get("license"), license_name=card.get("license_name"), license_link=card.get("license_link"),
         license_text=(card.get("license_text") or "").strip(), limitations=(card.get("limitations") or "").strip(),
         citations=[c.strip() for c in card.get("citations") or []], notes=card.get("notes") or [],
