@@ -8,11 +8,11 @@ step's own:
 * ``pipeline``: the real path of an OpenOrca source: ``clean.clean_source`` (the
   ``openorca`` reader streaming parquet batches, the recipe's filters empty_turns,
   refusals, exact_dedup, records.jsonl written), then every kept record read back,
-  rendered with the ``alpaca`` template and encoded by ``reprotune.tokenize.encode``
-  (assistant-only labels from offsets) with the tiny tokenizer;
-* ``batched`` (with ``--batched``): the same, except the last step is the real
-  ``reprotune.tokenize.encode_dataset`` (one tokenizer call per 1000 records, label
-  masks computed with numpy), which is what training uses;
+  rendered with the ``alpaca`` template and encoded by
+  ``reprotune.tokenize.encode_dataset`` (what training uses: one Rust tokenizer call
+  per 1000 records, assistant-only labels from offsets) with the tiny tokenizer;
+* ``per_record`` (with ``--per-record``): the same, except each record is encoded by
+  its own ``reprotune.tokenize.encode`` call (the naive version);
 * ``baseline``: the same rendered texts tokenized by ``tokenizer(batch)`` (1000 per
   call, no offsets); only the tokenizer calls are timed.
 
@@ -22,7 +22,7 @@ input per second of wall time; both sides run single-threaded
 (TOKENIZERS_PARALLELISM=false, as the rules do).
 
     .venv/bin/python bench/data_prep.py                       # 0.5M, 1M, 2M (a long run)
-    .venv/bin/python bench/data_prep.py --sizes 20000 --batched   # smoke run
+    .venv/bin/python bench/data_prep.py --sizes 20000 --per-record   # smoke run
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def _records_from_parquet(path: Path):
 
 
 # ----------------------------------------------------------------------------- children
-def child_pipeline(work: Path, batched: bool) -> dict:
+def child_pipeline(work: Path, per_record: bool) -> dict:
     from reprotune import templates
     from reprotune.clean import clean_source
     from reprotune.io import read_jsonl
@@ -120,13 +120,13 @@ def child_pipeline(work: Path, batched: bool) -> dict:
     tpl = templates.get(TEMPLATE)
     rss_imports = _peak_rss_mb()
     spec = {"name": "openorca", "format": "openorca", "files": ["data.parquet"], "options": {}, "filters": FILTERS}
-    out = work / ("clean_b" if batched else "clean")
+    out = work / ("clean_r" if per_record else "clean")
     t0 = time.perf_counter()
     rep = clean_source(spec, work / "raw", out)
     t_clean = time.perf_counter() - t0
     tokens = 0
     kept = 0
-    if not batched:
+    if per_record:
         # per-record ``encode`` (the reference the batched path must equal)
         for rec in read_jsonl(out / "records.jsonl"):
             enc = encode(rec, tpl, tok, MAX_LENGTH)
@@ -215,14 +215,14 @@ def _tokenizer_dir(work: Path) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="500000,1000000,2000000", help="comma-separated row counts")
-    ap.add_argument("--batched", action="store_true", help="also time the batched-encode prototype")
+    ap.add_argument("--per-record", action="store_true", help="also time per-record encode() (the naive path)")
     ap.add_argument("--work", type=Path, help="work dir (default: a new temp dir, deleted afterwards)")
     ap.add_argument("--keep", action="store_true")
-    ap.add_argument("--child", choices=["pipeline", "batched", "baseline"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["pipeline", "per_record", "baseline"], help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
 
     if a.child:
-        res = child_baseline(a.work) if a.child == "baseline" else child_pipeline(a.work, a.child == "batched")
+        res = child_baseline(a.work) if a.child == "baseline" else child_pipeline(a.work, a.child == "per_record")
         print(json.dumps(res))
         return 0
 
@@ -246,16 +246,16 @@ def main(argv=None) -> int:
                 "data.parquet": {"sha256": sha256_file(raw / "data.parquet"), "size": size}}}))
             print(f"N={n}: generated {size / 1e6:.0f} MB parquet in {time.perf_counter() - t0:.0f}s", flush=True)
             row = {"n": n, "pipeline": _run_child("pipeline", work, tokdir), "baseline": _run_child("baseline", work, tokdir)}
-            if a.batched:
-                row["batched"] = _run_child("batched", work, tokdir)
+            if a.per_record:
+                row["per_record"] = _run_child("per_record", work, tokdir)
             results.append(row)
             p, b = row["pipeline"], row["baseline"]
             line = (f"N={n}: pipeline {n / p['seconds']:,.0f} rows/s ({p['seconds']:.0f}s, clean {p['seconds_clean']:.0f}s, "
                     f"peak RSS {p['peak_rss_mb']:.0f} MB) | baseline tokenizer(batch) {n / b['seconds']:,.0f} rows/s "
                     f"(peak RSS {b['peak_rss_mb']:.0f} MB) | ratio {b['seconds'] / p['seconds']:.3f}")
-            if a.batched:
-                q = row["batched"]
-                line += f" | batched prototype {n / q['seconds']:,.0f} rows/s, ratio {b['seconds'] / q['seconds']:.3f}"
+            if a.per_record:
+                q = row["per_record"]
+                line += f" | per-record encode {n / q['seconds']:,.0f} rows/s, ratio {b['seconds'] / q['seconds']:.3f}"
             print(line, flush=True)
             shutil.rmtree(work, ignore_errors=True)
     finally:
@@ -263,13 +263,13 @@ def main(argv=None) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
     print("\n   N        pipeline rows/s  baseline rows/s  ratio   pipeline peak RSS MB" +
-          ("   batched rows/s  ratio" if a.batched else ""))
+          ("   per-record rows/s  ratio" if a.per_record else ""))
     for r in results:
         p, b = r["pipeline"], r["baseline"]
         s = (f"{r['n']:>9,}  {r['n'] / p['seconds']:>15,.0f}  {r['n'] / b['seconds']:>15,.0f}  "
              f"{b['seconds'] / p['seconds']:>5.3f}  {p['peak_rss_mb']:>20.0f}")
-        if a.batched:
-            q = r["batched"]
+        if a.per_record:
+            q = r["per_record"]
             s += f"  {r['n'] / q['seconds']:>15,.0f}  {b['seconds'] / q['seconds']:>5.3f}"
         print(s)
     if len(results) > 1:
