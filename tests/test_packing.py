@@ -202,7 +202,7 @@ def test_training_with_packing_runs(tmp_path):
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONHASHSEED="0"))
     assert p.returncode == 0, p.stderr[-4000:]
-    assert "packing: on, sdpa with a per-sample causal mask" in p.stderr
+    assert "packing: on, sdpa: batch flattened into one row, no padding; per-sample causal" in p.stderr
     s = json.loads((tmp_path / "out" / "train_summary.json").read_text())
     assert s["packing"]["samples"] == 24 and s["packing"]["rows"] < 24 / 3
     assert s["settings"]["effective"]["packing"] is True and s["settings"]["effective"]["group_by_length"] is True

@@ -188,7 +188,8 @@ def runtime_choices(s: dict, cuda: bool) -> dict[str, Any]:
     if eff["packing"]:
         how = ("flash-attn varlen (batch flattened into one row, no padding)"
                if eff["attn_implementation"] == "flash_attention_2"
-               else f"{eff['attn_implementation']} with a per-sample causal mask from restarting position ids")
+               else f"{eff['attn_implementation']}: batch flattened into one row, no padding; per-sample "
+                    "causal (block-diagonal) mask from restarting position ids")
         log.info("packing: on, %s", how)
         if eff["group_by_length"]:
             log.info("group_by_length: also on; packed rows are grouped by length")
@@ -337,10 +338,12 @@ class Collator:
 class PackedCollator:
     """Batches of packed rows (``reprotune.tokenize.pack``); no attention mask.
 
-    ``flatten=False`` (sdpa/eager): rows are right-padded to the longest row; the
-    padding gets its own restarting position ids (a block of its own that no real
-    token attends to) and labels -100.  ``flatten=True`` (flash-attn varlen): all
-    rows are concatenated into one row of shape ``[1, total]`` -- no padding at all.
+    ``flatten=True`` (what training uses): all rows are concatenated into one row of
+    shape ``[1, total]`` -- no padding at all; flash-attn runs its varlen kernel, and
+    sdpa/eager get a block-diagonal causal mask from the restarting position ids (the
+    masked blocks still cost attention FLOPs there: quadratic in the flattened row).
+    ``flatten=False``: rows are right-padded to the longest row; the padding gets its
+    own restarting position ids (a block no real token attends to) and labels -100.
     """
 
     def __init__(self, pad_id: int, flatten: bool = False):
@@ -474,7 +477,9 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
         rows, packing_stats = pack(rows, int(s["max_length"]))
         log.info("packing: %d samples into %d rows of <= %d tokens (fill %.4f)", packing_stats["samples"],
                  packing_stats["rows"], int(s["max_length"]), packing_stats["fill"])
-        collator = PackedCollator(pad_id, flatten=eff["attn_implementation"] == "flash_attention_2")
+        # padding-free on every backend: one flattened row per batch (flash-attn: varlen
+        # kernel; sdpa/eager: block-diagonal causal mask derived from the position ids)
+        collator = PackedCollator(pad_id, flatten=True)
     else:
         collator = Collator(pad_id)
 
