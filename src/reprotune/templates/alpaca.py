@@ -17,7 +17,7 @@ Decisions:
 from __future__ import annotations
 
 from reprotune.templates import register
-from reprotune.templates.base import Segment, Template
+from reprotune.templates.base import Segment, Template, instruction_segments
 
 
 class Alpaca(Template):
@@ -46,20 +46,8 @@ class Alpaca(Template):
     )
 
     def _segments(self, system, turns, input_text, eos) -> list[Segment]:
-        segs: list[Segment] = []
-        if system:
-            segs.append((f"{system}\n\n", False))
-        for t in turns:
-            if t["role"] == "user":
-                segs.append((f"### Instruction:\n\n{t['content']}\n\n", False))
-                if input_text:
-                    segs.append((f"### Input:\n\n{input_text}\n\n", False))
-            else:
-                segs.append(("### Response:\n", False))
-                segs.append((t["content"] + eos, True))
-        if turns[-1]["role"] == "user":
-            segs.append((self.generation_prompt, False))
-        return segs
+        return instruction_segments(f"{system}\n\n" if system else "", "### Instruction:\n\n", "### Input:\n\n",
+                                    "\n\n", turns, input_text, eos, self.generation_prompt)
 
 
 register(Alpaca())

@@ -46,6 +46,28 @@ def _merge(segments: list[Segment]) -> list[Segment]:
     return out
 
 
+def instruction_segments(head: str, user_header: str, input_header: str, sep: str,
+                         turns: list[dict], input_text: str, eos: str, generation_prompt: str) -> list[Segment]:
+    """Segments of the instruction/[input]/response formats (orca_mini, alpaca).
+
+    ``head`` (the system block, may be empty) comes first; each user turn renders as
+    ``user_header + content + sep``, followed by ``input_header + input + sep`` when the
+    record has an input; each answer as ``### Response:\n`` + content + eos (trained).
+    """
+    segs: list[Segment] = [(head, False)] if head else []
+    for t in turns:
+        if t["role"] == "user":
+            segs.append((user_header + t["content"] + sep, False))
+            if input_text:
+                segs.append((input_header + input_text + sep, False))
+        else:
+            segs.append(("### Response:\n", False))
+            segs.append((t["content"] + eos, True))
+    if turns[-1]["role"] == "user":
+        segs.append((generation_prompt, False))
+    return segs
+
+
 class Template:
     """Base class; subclasses set the class attributes and implement ``_segments``."""
 

@@ -11,7 +11,7 @@ only: a record with more than one user turn is a ``TemplateError``.
 from __future__ import annotations
 
 from reprotune.templates import register
-from reprotune.templates.base import Segment, Template
+from reprotune.templates.base import Segment, Template, instruction_segments
 
 
 class OrcaMini(Template):
@@ -40,18 +40,8 @@ class OrcaMini(Template):
     )
 
     def _segments(self, system, turns, input_text, eos) -> list[Segment]:
-        segs: list[Segment] = [(f"### System:\n{system}\n\n", False)]
-        for t in turns:
-            if t["role"] == "user":
-                segs.append((f"### User:\n{t['content']}\n\n", False))
-                if input_text:
-                    segs.append((f"### Input:\n{input_text}\n\n", False))
-            else:
-                segs.append(("### Response:\n", False))
-                segs.append((t["content"] + eos, True))
-        if turns[-1]["role"] == "user":
-            segs.append((self.generation_prompt, False))
-        return segs
+        return instruction_segments(f"### System:\n{system}\n\n", "### User:\n", "### Input:\n", "\n\n",
+                                    turns, input_text, eos, self.generation_prompt)
 
 
 register(OrcaMini())
