@@ -4,16 +4,42 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 CORES  ?= all
 
-.PHONY: demo test venv clean-results verify
+.PHONY: demo test venv clean-results verify locks images
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: envs/requirements.lock pyproject.toml
+# The same hash-locked set as the CPU image (docker/Dockerfile.cpu): host and image run the
+# same versions. torch==2.13.0+cpu comes from /opt/wheels here (pip's find-links), from
+# TORCH_CPU_INDEX elsewhere; pip refuses any file whose sha256 is not in the lock.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+PIP_TORCH := $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels,--extra-index-url $(TORCH_CPU_INDEX))
+$(VENV)/.installed: envs/cpu.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade "pip>=24"
-	# every version is pinned in the lock; torch==2.13.0 resolves to the local CPU wheel here
-	$(PY) -m pip install -q -r envs/requirements.lock
+	$(PY) -m pip install -q --require-hashes --no-deps $(PIP_TORCH) -r envs/cpu.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
+
+# Re-resolve envs/*.in into hash-locked envs/*.lock (needs PyPI). Versions already in a lock
+# are kept unless the spec asks otherwise; `make locks UPGRADE=--upgrade` moves everything.
+TOOLS := .venv-tools
+UV_COMPILE = $(TOOLS)/bin/uv pip compile --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --no-header --no-annotate $(UPGRADE)
+UV_TORCH_CPU := $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels,--extra-index-url $(TORCH_CPU_INDEX) --index-strategy unsafe-best-match)
+$(TOOLS)/bin/uv: envs/tools.lock
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q --require-hashes --no-deps -r envs/tools.lock
+	@touch $@
+locks: $(TOOLS)/bin/uv
+	$(UV_COMPILE) envs/tools.in -o envs/tools.lock
+	$(UV_COMPILE) $(UV_TORCH_CPU) envs/cpu.in -o envs/cpu.lock
+	$(UV_COMPILE) envs/cuda.in -o envs/cuda.lock
+	$(UV_COMPILE) --no-deps envs/cuda-build.in -o envs/cuda-build.lock
+
+# Build the images of docker/, tag them by content, push them to REGISTRY and write their
+# digests into docker/images.lock (IMAGES=cpu or cuda for one; IMAGE_ARGS for build args,
+# e.g. IMAGE_ARGS="--build-arg BASE_IMAGE=... --volume /opt/wheels:/wheels:ro").
+IMAGES ?= cpu cuda
+images: venv
+	$(PY) -m reprotune images build --registry "$(REGISTRY)" $(foreach i,$(IMAGES),--image $(i)) $(IMAGE_ARGS)
 
 demo: venv
 	# rules call `python -m reprotune` and `accelerate`: put the venv first on PATH

@@ -13,17 +13,12 @@ rule tiny_base:
     resources:
         mem_mb=2000,
         runtime=10,
+    container:
+        container_for("base"),
     log:
         "logs/base/tiny_base.log",
     shell:
-        ENV + "python -m reprotune tiny-base --spec {params.spec:q} --texts {input.texts:q} --out {output} > {log} 2>&1"
-
-
-def _base_spec(slug):
-    # several recipes can share a base model; the first (sorted) recipe's lock file pins it
-    rid = sorted(r for r, rec in RECIPES.items() if plan.base_dir(rec).endswith(slug))[0]
-    lock = plan.lock_file(CFG["recipes_dir"], rid)
-    return plan.base_download_spec(RECIPES[rid], lock, CFG.get("frozen", False))
+        "python -m reprotune tiny-base --spec {params.spec:q} --texts {input.texts:q} --out {output} > {log} 2>&1"
 
 
 rule download_base:
@@ -37,7 +32,9 @@ rule download_base:
     resources:
         mem_mb=4000,
         runtime=600,
+    container:
+        container_for("download"),
     log:
         "logs/base/{slug}.log",
     shell:
-        ENV + "python -m reprotune download --model --spec {params.spec:q} --out {output} > {log} 2>&1"
+        "python -m reprotune download --model --spec {params.spec:q} --out {output} > {log} 2>&1"

@@ -8,16 +8,18 @@ rule provenance:
     output:
         "results/{recipe}/provenance.json",
     params:
-        spec=lambda wc: plan.dumps(plan.provenance_spec(R(wc), CFG["overlay"])),
+        spec=lambda wc: plan.dumps(plan.provenance_spec(R(wc), CFG["overlay"], IMAGES if _use_containers() else None)),
         pairs=lambda wc: " ".join(f"{k}={v}" for k, v in plan.provenance_inputs(R(wc)).items()),
     threads: THREADS
     resources:
         mem_mb=2000,
         runtime=30,
+    container:
+        container_for("card"),
     log:
         "logs/{recipe}/provenance.log",
     shell:
-        ENV + "python -m reprotune provenance --spec {params.spec:q} --input {params.pairs} --out {output} > {log} 2>&1"
+        "python -m reprotune provenance --spec {params.spec:q} --input {params.pairs} --out {output} > {log} 2>&1"
 
 
 rule card:
@@ -44,8 +46,10 @@ rule card:
     resources:
         mem_mb=1000,
         runtime=10,
+    container:
+        container_for("card"),
     log:
         "logs/{recipe}/card.log",
     shell:
-        ENV + "mkdir -p {output.adapter_cards} && python -m reprotune card --spec {params.spec:q} --out {output.card} "
+        "mkdir -p {output.adapter_cards} && python -m reprotune card --spec {params.spec:q} --out {output.card} "
         "--adapter-readme {params.adapter_readmes} > {log} 2>&1"

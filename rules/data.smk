@@ -1,21 +1,6 @@
 # Data: download pinned source files, clean each source, mix per adapter.
 
 
-def _mirror_inputs(wc):
-    """In mirror mode the mirror files are inputs, so an edited fixture reruns its source
-    (its pins in SHA256SUMS are a param; the download verifies every file against them)."""
-    mirror = MIRROR[wc.recipe]
-    if mirror is None:
-        return []
-    repo = R(wc)["sources"][wc.source]["repo"]
-    root = mirror / "datasets" / repo
-    return sorted(str(p) for p in root.rglob("*") if p.is_file())
-
-
-def _lock_file(wc):
-    return plan.lock_file(CFG["recipes_dir"], wc.recipe)
-
-
 rule download_source:
     input:
         mirror=_mirror_inputs,
@@ -30,10 +15,12 @@ rule download_source:
     resources:
         mem_mb=lambda wc: plan.resources_for("download", R(wc))["mem_mb"],
         runtime=lambda wc: plan.resources_for("download", R(wc))["runtime"],
+    container:
+        container_for("download"),
     log:
         "logs/{recipe}/download/{source}.log",
     shell:
-        ENV + "python -m reprotune download --spec {params.spec:q} {params.mirror} --out {output} > {log} 2>&1"
+        "python -m reprotune download --spec {params.spec:q} {params.mirror} --out {output} > {log} 2>&1"
 
 
 rule clean_source:
@@ -50,18 +37,12 @@ rule clean_source:
     resources:
         mem_mb=lambda wc: plan.resources_for("clean", R(wc))["mem_mb"],
         runtime=lambda wc: plan.resources_for("clean", R(wc))["runtime"],
+    container:
+        container_for("clean"),
     log:
         "logs/{recipe}/clean/{source}.log",
     shell:
-        ENV + "python -m reprotune clean --spec {params.spec:q} --input {input.files} --out {output} > {log} 2>&1"
-
-
-def _mix_inputs(wc):
-    return {s: plan.clean_dir(wc.recipe, s) for s in sorted(R(wc)["adapters"][wc.adapter]["data"]["mix"])}
-
-
-def _mix_pairs(wc):
-    return " ".join(f"{s}={plan.clean_dir(wc.recipe, s)}" for s in sorted(R(wc)["adapters"][wc.adapter]["data"]["mix"]))
+        "python -m reprotune clean --spec {params.spec:q} --input {input.files} --out {output} > {log} 2>&1"
 
 
 rule mix:
@@ -78,10 +59,12 @@ rule mix:
     resources:
         mem_mb=lambda wc: plan.resources_for("mix", R(wc))["mem_mb"],
         runtime=lambda wc: plan.resources_for("mix", R(wc))["runtime"],
+    container:
+        container_for("mix"),
     log:
         "logs/{recipe}/mix/{adapter}.log",
     shell:
-        ENV + "python -m reprotune mix --spec {params.spec:q} --clean {params.pairs} --tokenizer {input.tokenizer} --out {output} > {log} 2>&1"
+        "python -m reprotune mix --spec {params.spec:q} --clean {params.pairs} --tokenizer {input.tokenizer} --out {output} > {log} 2>&1"
 
 
 # Optional: airoboros-style misconception pairs from an OpenAI-compatible endpoint.
@@ -102,7 +85,9 @@ if CFG.get("misconception_generator"):
         resources:
             mem_mb=1000,
             runtime=120,
+        container:
+            container_for(),
         log:
             "logs/generated/misconception.log",
         shell:
-            ENV + "python -m reprotune generate-misconceptions --spec {params.spec:q} --out {output} > {log} 2>&1"
+            "python -m reprotune generate-misconceptions --spec {params.spec:q} --out {output} > {log} 2>&1"

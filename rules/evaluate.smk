@@ -17,10 +17,12 @@ rule evaluate:
         gpu=lambda wc: plan.resources_for("evaluate", R(wc))["gpu"],
         mem_mb=lambda wc: plan.resources_for("evaluate", R(wc))["mem_mb"],
         runtime=lambda wc: plan.resources_for("evaluate", R(wc))["runtime"],
+    container:
+        container_for("evaluate"),
     log:
         "logs/{recipe}/evaluate.log",
     shell:
-        ENV + "{params.offline}"
+        "{params.offline}"
         "python -m reprotune evaluate --spec {params.spec:q} --model {input.model} --out {output.results} "
         "--runinfo {params.runinfo} > {log} 2>&1"
 
@@ -43,9 +45,11 @@ rule evaluate_variant:
         gpu=lambda wc: plan.resources_for("evaluate", R(wc))["gpu"],
         mem_mb=lambda wc: plan.resources_for("evaluate", R(wc))["mem_mb"],
         runtime=lambda wc: plan.resources_for("evaluate", R(wc))["runtime"],
+    container:
+        container_for("evaluate"),
     log:
         "logs/{recipe}/evaluate_{variant}.log",
     shell:
-        ENV + "{params.offline}"
+        "{params.offline}"
         "python -m reprotune evaluate --spec {params.spec:q} --model {input.model} --out {output.results} "
         "--runinfo {params.runinfo} > {log} 2>&1"

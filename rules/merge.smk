@@ -1,10 +1,6 @@
 # Merge: adapters into the base (plain, QLoRA dequantize-then-merge, combination), or copy full weights.
 
 
-def _merge_adapters(wc):
-    return {a: plan.adapter_dir(wc.recipe, a) for a in plan.merge_adapters(R(wc))}
-
-
 rule merge:
     input:
         unpack(_merge_adapters),
@@ -21,10 +17,12 @@ rule merge:
         gpu=lambda wc: plan.resources_for("merge", R(wc))["gpu"],
         mem_mb=lambda wc: plan.resources_for("merge", R(wc))["mem_mb"],
         runtime=lambda wc: plan.resources_for("merge", R(wc))["runtime"],
+    container:
+        container_for("merge"),
     log:
         "logs/{recipe}/merge.log",
     shell:
-        ENV + "{params.offline}"
+        "{params.offline}"
         "python -m reprotune merge --spec {params.spec:q} --base {input.base} --adapter {params.pairs} "
         "--out {output} > {log} 2>&1"
 
@@ -48,9 +46,11 @@ rule merge_variant:
         gpu=lambda wc: plan.resources_for("merge", R(wc))["gpu"],
         mem_mb=lambda wc: plan.resources_for("merge", R(wc))["mem_mb"],
         runtime=lambda wc: plan.resources_for("merge", R(wc))["runtime"],
+    container:
+        container_for("merge"),
     log:
         "logs/{recipe}/merge_{variant}.log",
     shell:
-        ENV + "{params.offline}"
+        "{params.offline}"
         "python -m reprotune merge --spec {params.spec:q} --base {input.base} --adapter {params.pairs} "
         "--out {output} > {log} 2>&1"

@@ -26,7 +26,9 @@ rule report_assets:
     resources:
         mem_mb=1000,
         runtime=10,
+    container:
+        container_for("report"),
     log:
         "logs/{recipe}/report_assets.log",
     shell:
-        ENV + "python -m reprotune report-assets --spec {params.spec:q} --out {params.out} > {log} 2>&1"
+        "python -m reprotune report-assets --spec {params.spec:q} --out {params.out} > {log} 2>&1"

@@ -20,10 +20,12 @@ rule train:
         gpu=lambda wc: plan.resources_for("train", R(wc), wc.adapter)["gpu"],
         mem_mb=lambda wc: plan.resources_for("train", R(wc), wc.adapter)["mem_mb"],
         runtime=lambda wc: plan.resources_for("train", R(wc), wc.adapter)["runtime"],
+    container:
+        container_for("train"),
     log:
         "logs/{recipe}/train/{adapter}.log",
     shell:
-        ENV + "{params.offline}"
+        "{params.offline}"
         "accelerate launch {params.launch} -m reprotune.train --spec {params.spec:q} "
         "--data {input.data} --base {input.base} --out {output} --work {params.work} "
         "--tensorboard {params.tensorboard} > {log} 2>&1"

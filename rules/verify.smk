@@ -9,7 +9,9 @@
 rule verify:
     params:
         recipes=" ".join(CFG["recipes"]),
-    threads: workflow.cores
+    threads: lambda wildcards, cores: cores
+    container:
+        container_for(),
     log:
         "logs/verify.log",
     shell:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = "tulu-v2-qlora-70b"
-COPY_ITEMS = ("Snakefile", "rules", "src", "schemas", "recipes", "overlays", "config.yaml", "fixtures", "configs")
+COPY_ITEMS = ("Snakefile", "rules", "src", "schemas", "recipes", "overlays", "config.yaml", "fixtures", "configs", "docker")
 # fake secrets: the shapes real ones have (hf_ + 34 alphanumerics, sk-...)
 FAKE_HF_TOKEN = "hf_" + "FaKe0123456789abcdefghijKLMNOPqrstuv"[:34]
 FAKE_OPENAI_KEY = "sk-" + "proj-FAKE9876543210zyxwvutsrqponmlkjih"

@@ -245,6 +245,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("b")
     s.set_defaults(fn=cmd_diff)
 
+    s = sub.add_parser("images", help="build/push the images of docker/ and show docker/images.lock")
+    isub = s.add_subparsers(dest="images_cmd", required=True)
+    b = isub.add_parser("build", help="build, tag by content, push to --registry, write the digest into the lock")
+    b.add_argument("--registry", required=True, help="where to push, e.g. ghcr.io/me or localhost:5000")
+    b.add_argument("--image", action="append", choices=["cpu", "cuda"], help="which image (repeatable; default both)")
+    b.add_argument("--build-arg", action="append", metavar="KEY=VALUE", help="passed to the build (repeatable)")
+    b.add_argument("--volume", action="append", metavar="HOST:CTR[:ro]", help="mounted during the build (podman)")
+    b.add_argument("--insecure", action="store_true", help="push over plain HTTP (a local test registry)")
+    b.add_argument("--no-push", action="store_true", help="build and tag only; the lock gets no digest")
+    b.add_argument("--lock", help="images lock to rewrite (default docker/images.lock)")
+    b.set_defaults(fn=lambda a: _images().main_build(a))
+    sh = isub.add_parser("show", help="print each image's container URL")
+    sh.add_argument("--lock", help="images lock (default docker/images.lock)")
+    sh.set_defaults(fn=lambda a: _images().main_show(a))
+
     s = sub.add_parser("verify", help="build twice from scratch and compare every file under results/")
     s.add_argument("--recipes", nargs="+", help="recipe ids (default: those of the config file)")
     s.add_argument("--configfile", help="workflow config (default: the repository's config.yaml)")
@@ -258,9 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _images():
+    from . import images
+
+    return images
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from .runtime import log_runtime
+
+    log_runtime(args.cmd)
     try:
         return args.fn(args)
     except Exception as e:  # user-facing errors: one line, no traceback

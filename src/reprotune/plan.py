@@ -277,14 +277,24 @@ def provenance_inputs(recipe: dict) -> dict[str, str]:
     return out
 
 
-def rebuild_command(recipe: dict, overlay: str | None) -> list[str]:
-    cmd = ["snakemake", "--cores", "all", "--config", f"recipes=[{recipe['id']}]"]
+PROVENANCE_STAGES = ("download", "clean", "mix", "train", "merge", "evaluate")
+
+
+def rebuild_command(recipe: dict, overlay: str | None, containers: bool = False) -> list[str]:
+    cmd = ["snakemake", "--cores", "all"] + (["--use-singularity"] if containers else [])
+    cmd += ["--config", f"recipes=[{recipe['id']}]"]
     cmd.append(f"overlay={overlay}" if overlay else "overlay=null")
     return cmd
 
 
-def provenance_spec(recipe: dict, overlay: str | None) -> dict:
-    return {"recipe": recipe, "command": rebuild_command(recipe, overlay), "containers": {}}
+def provenance_spec(recipe: dict, overlay: str | None, images: dict | None = None) -> dict:
+    """``images``: the images lock when this run uses containers (--use-singularity), else None:
+    then every stage's container URL (repository@digest) is recorded."""
+    from . import images as img
+
+    containers = img.containers_for(recipe, PROVENANCE_STAGES, images) if images else {}
+    return {"recipe": recipe, "command": rebuild_command(recipe, overlay, bool(images)),
+            "containers": containers}
 
 
 def prompt_example(recipe: dict) -> str | None:

@@ -33,7 +33,7 @@ a ``manifest.json`` at the top of a directory when there is one. Besides the inp
   train, merge, evaluate, provenance; the card's own code is left out because the
   card is rendered *from* this lock) and ``package_sha256``, a digest of that list;
 * ``containers``: image per rule; ``{}`` with ``containers_note`` saying so when the
-  rules ran on the host (the default: no ``--use-apptainer``);
+  rules ran on the host (the default: no ``--use-singularity``);
 * the Python version, the versions of the ML stack, the sha256 of the resolved
   recipe's canonical JSON, the (scrubbed) recipe itself and ``command``: the
   canonical rebuild command (``reprotune.plan.rebuild_command``), not the argv of
@@ -72,7 +72,7 @@ PACKAGES = (
     "lm_eval", "snakemake", "huggingface_hub", "tokenizers", "safetensors",
     "numpy", "pyarrow", "jinja2", "pyyaml", "jsonschema", "datasketch",
 )
-CONTAINERS_NONE = ("none: every rule ran on the host Python environment (no --use-apptainer); "
+CONTAINERS_NONE = ("none: every rule ran on the host Python environment (no --use-singularity); "
                    "no container image was used, so there is no image digest to record")
 
 # fnmatch patterns on the file *name*; matching files are listed, not hashed.

@@ -234,4 +234,5 @@ def load_config(config: dict, source: str = "config") -> dict:
     cfg.setdefault("recipes_dir", "recipes")
     cfg.setdefault("overlay", None)
     cfg.setdefault("accelerate_config", None)
+    cfg.setdefault("images_lock", "docker/images.lock")
     return cfg

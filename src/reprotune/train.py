@@ -768,6 +768,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="TensorBoard event directory (default WORK/tensorboard; never inside --out)")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
+    from .runtime import log_runtime
+
+    log_runtime(f"train (rank {os.environ.get('RANK', '0')})")
     try:
         run(_load_spec(ns.spec), ns.data, ns.base, ns.out, ns.work, ns.tensorboard)
     except Exception as e:  # user-facing errors of any reprotune stage: one line, exit 2

@@ -1,0 +1,37 @@
+"""A tiny build submitted through a real one-node SLURM with the Snakemake slurm executor."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import HERE, RECIPE, env, run, tree_copy, tree_hashes
+
+
+def test_tiny_build_through_slurm_equals_the_local_build(ci_host, host_results, tmp_path):
+    tree = tree_copy(tmp_path / "tree")
+    profile = HERE / "profiles" / "slurm-ci"
+    r = run([str(Path(sys.executable).parent / "snakemake"), "--profile", str(profile),
+             "--config", f"recipes=[{RECIPE}]"], cwd=tree, env=env(), timeout=2400)
+    out = r.stdout + r.stderr
+    submitted = re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", out)
+    # every job but the target `all` (a local rule) went through sbatch
+    n_jobs = int(re.search(r"^(\d+) of \1 steps \(100%\) done", out, re.M).group(1))
+    assert len(submitted) == n_jobs - 1 >= 10
+    slurm_ids = {sid for _, sid, _ in submitted}
+    assert len(slurm_ids) == len(submitted)
+    for _, sid, log in submitted:
+        assert Path(log.rstrip(").")).is_file(), log  # job logs kept (slurm-keep-successful-logs)
+    # inside each job the stage saw its SLURM job id (the runtime line of every rule log)
+    seen = set()
+    for log in [*(tree / "logs" / RECIPE).rglob("*.log"), tree / "logs/base/tiny_base.log"]:
+        if "tensorboard" in log.parts or "slurm" in log.parts:
+            continue
+        m = re.search(r"^reprotune [^:]+: .* slurm job: (\d+)$", log.read_text(), re.M)
+        assert m, log
+        seen.add(m.group(1))
+    assert seen <= slurm_ids and len(seen) >= 10
+    # nothing left in the queue, and the outputs equal the local build's, byte for byte
+    assert subprocess.run(["squeue", "-h"], capture_output=True, text=True, timeout=60).stdout.strip() == ""
+    assert tree_hashes(tree / "results" / RECIPE) == tree_hashes(host_results / RECIPE)
