@@ -105,3 +105,47 @@ def test_clean_with_base_tokenizer_length_filter(tmp_path):
     report = clean_source(spec, raw, tmp_path / "clean")
     assert report["filters"] == [{"name": "length", "in": 2, "out": 1, "dropped": 1}]  # 8 tokens vs 3 tokens
     assert read_json(tmp_path / "clean" / "report.json") == report
+
+
+def test_record_line_is_jsonl_line():
+    """The direct writer of normalized chat records gives exactly ``jsonl_line``'s text
+    (escapes, non-ASCII, separators, key order), and other shapes fall back to it."""
+    import random
+
+    from reprotune.clean import record_line
+    from reprotune.io import jsonl_line
+
+    rng = random.Random(5)
+    pool = [chr(c) for c in range(0x20)] + list('"\\/ abcXYZ019{}[]:,\x7f') + [
+        "\u00e9", "\u2028", "\u2029", "\ufeff", "\u4f60", "\U0001F600", "\U00010348", "\udcff"]
+
+    def s(k=12):
+        return "".join(rng.choice(pool) for _ in range(rng.randrange(0, k)))
+
+    class Str(str):
+        pass
+
+    class Dict(dict):
+        pass
+
+    checked = 0
+    for i in range(400):
+        msgs = [{"role": rng.choice(["user", "assistant"]), "content": s(40)} for _ in range(rng.randrange(0, 4))]
+        rec = {"id": s(), "source": s(), "system": s(), "messages": msgs}
+        if i % 3 == 0:
+            rec["input"] = s()
+        variants = [rec, dict(reversed(list(rec.items())))]  # key order in the dict does not matter
+        if i % 7 == 0:  # shapes the direct writer leaves to jsonl_line
+            variants += [{**rec, "extra": 1}, {**rec, "id": 3}, {**rec, "system": None}, {**rec, "input": 0},
+                         {**rec, "messages": tuple(msgs)}, {**rec, "messages": [{"role": "user"}]},
+                         {**rec, "messages": [{"role": "user", "content": "x", "name": "n"}]},
+                         {**rec, "messages": [Dict(role="user", content="x")]}, {**rec, "source": Str("s")},
+                         {"id": s(), "source": s(), "text": s()}, {}]
+        for v in variants:
+            try:
+                expected = jsonl_line(v)
+            except ValueError:  # json.dumps cannot write it either
+                continue
+            assert record_line(v) == expected, v
+            checked += 1
+    assert checked > 800

@@ -231,12 +231,23 @@ def test_every_filter_counted_in_order_even_when_earlier_ones_drop():
         ("s/4", "filter:lang")]
 
 
-def test_hashset64_across_flushes():
+def test_hashset64_matches_a_python_set_across_grows():
     from reprotune.filters import HashSet64
 
-    hs = HashSet64(flush=4)
+    hs = HashSet64(flush=50)  # merges into the sorted part (and remaps it) many times below
     rng = random.Random(1)
-    vals = [rng.getrandbits(64) for _ in range(50)]
-    assert [hs.add(v) for v in vals] == [True] * len(set(vals))
-    assert [hs.add(v) for v in vals] == [False] * 50  # found in the sorted part and in the recent set
-    assert len(hs) == 50 and hs.add(2**64 - 1) and not hs.add(2**64 - 1) and hs.add(0)
+    vals = [rng.getrandbits(64) for _ in range(3000)]
+    vals += [k << 32 for k in range(500)] + list(range(1, 500)) + [2**64 - 1, 0]  # structured ints cluster
+    vals += vals[::7]  # repeats, after the grows that moved their first copies
+    ref: set[int] = set()
+    for v in vals:
+        assert hs.add(v) == (v not in ref)
+        ref.add(v)
+    assert len(hs) == len(ref)
+    assert all(v in hs for v in ref)
+    assert [hs.add(v) for v in vals] == [False] * len(vals)  # everything found after the last grow
+    assert sum(rng.getrandbits(64) in hs for _ in range(2000)) == 0
+    for bad in (2**64, -1):
+        with pytest.raises(ValueError):
+            hs.add(bad)
+    assert len(hs) == len(ref)

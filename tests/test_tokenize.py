@@ -140,3 +140,135 @@ def test_batched_encode_dataset_equals_per_record_encode(bpe_tok, batch_size):
     assert rows == expected
     assert stats["records"] == 19 and stats["kept"] == len(expected) == 18
     assert stats["dropped_no_trainable"] == 1
+
+
+# ---------------------------------------------------------------- labels from probed offsets
+def _tok_variants():
+    """Byte-level BPE tokenizers that differ in what the post-processor adds: bos (the
+    project's), bos + a trailing eos (zero-width tokens at both ends), nothing."""
+    from tokenizers import processors
+
+    from reprotune.tinybase import train_tokenizer
+
+    corpus = ["the quick brown fox answer (yes) caf\u00e9 \u00e9t\u00e9 \U0001F600 \u4f60\u597d </s> ###"] * 20
+    out = {}
+    for name in ("bos", "bos_eos", "none"):
+        tok = train_tokenizer(corpus, vocab_size=300, min_frequency=2)
+        if name == "bos_eos":
+            tok.post_processor = processors.TemplateProcessing(
+                single="<s>:0 $A:0 </s>:0", special_tokens=[("<s>", 1), ("</s>", 2)])
+        elif name == "none":
+            tok.post_processor = processors.TemplateProcessing(single="$A:0", special_tokens=[])
+        out[name] = tok
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok_variants():
+    return _tok_variants()
+
+
+def _per_token(ids, offsets, spans):
+    from reprotune.tokenize import _inside
+
+    starts = [s for s, _ in spans]
+    return [tid if _inside(spans, starts, s, e) else IGNORE_INDEX for tid, (s, e) in zip(ids, offsets)]
+
+
+@pytest.mark.parametrize("variant", ["bos", "bos_eos", "none"])
+def test_probed_offsets_labels_equal_per_token_labels(tok_variants, variant):
+    """Labels from bisection over lazily probed offsets (``_EncodingOffsets``) and from
+    the tokens at the span ends (``_labels_encoding``) equal the per-token test on the
+    full offsets list: spans on token boundaries, starting or
+    ending inside a token (byte tokens of one emoji, merged words), empty texts, spans
+    at both ends, zero-width special tokens before and after."""
+    import random
+
+    from reprotune.tokenize import _EncodingOffsets, _labels, _labels_encoding, _trainable_spans
+
+    tok = tok_variants[variant]
+    rng = random.Random(7)
+    texts = ["the quick brown fox", "(yes) caf\u00e9 \u00e9t\u00e9", "\U0001F600\U0001F600 fox\u4f60\u597d</s>",
+             "a", "</s>", "###\n(yes)</s>the"]
+    checked = 0
+    for text in texts:
+        enc = tok.encode(text)
+        ids, offsets = enc.ids, enc.offsets
+        n = len(text)
+        cases = [[(s, e)] for s in range(n + 1) for e in range(s + 1, n + 1)]  # every single span
+        for _ in range(200):  # random segmentations into context/trained pieces
+            cuts = sorted(rng.sample(range(1, n), min(n - 1, rng.randrange(0, 5)))) if n > 1 else []
+            bounds = [0, *cuts, n]
+            segs = [(text[a:b], rng.random() < 0.5) for a, b in zip(bounds, bounds[1:])]
+            cases.append(_trainable_spans(segs))
+        for spans in cases:
+            expected = _per_token(ids, offsets, spans)
+            assert _labels(ids, offsets, spans) == expected, (text, spans)
+            assert _labels(ids, _EncodingOffsets(enc), spans) == expected, (text, spans)
+            assert _labels_encoding(ids, enc, spans) == expected, (text, spans)
+            checked += 1
+    assert checked > 1000
+
+
+@pytest.mark.parametrize("variant", ["bos", "bos_eos", "none"])
+@pytest.mark.parametrize("max_length", [2, 7, 12, 4096])
+def test_encode_dataset_equals_encode_on_tricky_records(tok_variants, variant, max_length):
+    t = templates.get("oasst")
+    hf = _hf(tok_variants[variant])
+    records = [
+        rec("q", "(yes) fox"),                       # answer glued to the header's punctuation
+        rec("caf\u00e9", "\U0001F600 \u00e9t\u00e9", system="\u4f60\u597d"),  # multi-byte characters
+        rec("q", ""),                                # empty answer: only its </s> is trained
+        rec("q", "the quick brown fox " * 3, "and?", "yes"),
+        {"id": "rp/0", "source": "rp", "text": "the quick fox"},  # trained from character 0
+        {"id": "rp/1", "source": "rp", "text": ""},
+    ]
+    rows, stats = encode_dataset(records, t, hf, max_length, batch_size=4)
+    expected = [e for e in (encode(r, t, hf, max_length) for r in records) if e is not None]
+    assert rows == expected
+    assert stats["kept"] == len(expected) and stats["records"] == len(records)
+    assert stats["dropped_no_trainable"] == len(records) - len(expected)
+    assert stats["trainable_tokens"] == sum(
+        sum(label != IGNORE_INDEX for label in r["labels"][1:]) for r in expected)
+    if variant == "bos_eos" and max_length == 4096:
+        # the appended eos is a zero-width post-processor token: never a target
+        assert all(r["input_ids"][-1] == 2 and r["labels"][-1] == IGNORE_INDEX for r in rows)
+
+
+def test_labels_from_span_ends_need_no_bisection_on_ordinary_rows(tok_variants, monkeypatch):
+    """The usual row (bos first, answer after a header, spans starting or ending inside
+    a merged token) is labelled from the tokens at the span ends alone."""
+    import reprotune.tokenize as tk
+
+    tok = tok_variants["bos"]
+    text = "### q\n(yes) the quick \U0001F600 brown fox</s>"
+    enc = tok.encode(text)
+    cases = [[(text.index("("), len(text))], [(text.index("the"), text.index(" quick"))],
+             [(6, 9), (text.index("quick") + 1, len(text) - 2)]]
+    expected = [tk._labels(enc.ids, enc.offsets, spans) for spans in cases]
+    monkeypatch.setattr(tk, "_labels", lambda *a: pytest.fail("fell back to the bisection"))
+    assert [tk._labels_encoding(enc.ids, enc, spans) for spans in cases] == expected
+    assert any(label != IGNORE_INDEX for labels in expected for label in labels)
+
+
+def test_encode_dataset_restores_the_garbage_collector(byte_tok):
+    import gc
+
+    t = templates.get("oasst")
+    assert gc.isenabled()
+    encode_dataset([rec("Q", "A")], t, byte_tok, 64)
+    assert gc.isenabled()
+
+    def failing():
+        yield rec("Q", "A")
+        raise RuntimeError("reader broke")
+
+    with pytest.raises(RuntimeError):
+        encode_dataset(failing(), t, byte_tok, 64)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        encode_dataset([rec("Q", "A")], t, byte_tok, 64)
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()

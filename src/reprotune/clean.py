@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections import Counter
+from json.encoder import encode_basestring
 from pathlib import Path
 
 from reprotune.download import DownloadError, match_patterns
@@ -40,6 +41,40 @@ def resolve_files(in_dir: Path, patterns) -> list[str]:
     if missing:
         raise CleanError(f"file(s) listed in {manifest_path} are missing: {', '.join(missing)}")
     return chosen
+
+
+_CHAT_KEYS = frozenset({"id", "messages", "source", "system"})
+_CHAT_INPUT_KEYS = _CHAT_KEYS | {"input"}
+_MESSAGE_KEYS = frozenset({"content", "role"})
+
+
+def record_line(rec: dict) -> str:
+    """``jsonl_line(rec)``, the same text, built directly for the normalized chat record
+    (``id``, ``source``, ``system``, optional ``input``: strings; ``messages``: a list of
+    ``{"role", "content"}`` strings): keys in sorted order, the separators of
+    ``json.dumps`` and its own string encoder (``ensure_ascii=False``), without the
+    generic encoder's per-call set-up and key sorting. Any other shape goes through
+    ``jsonl_line``."""
+    keys = rec.keys()
+    if keys == _CHAT_KEYS:
+        head = ""
+    elif keys == _CHAT_INPUT_KEYS and type(rec["input"]) is str:
+        head = ', "input": ' + encode_basestring(rec["input"])
+    else:
+        return jsonl_line(rec)
+    rid, source, system, messages = rec["id"], rec["source"], rec["system"], rec["messages"]
+    if type(rid) is not str or type(source) is not str or type(system) is not str or type(messages) is not list:
+        return jsonl_line(rec)
+    parts = []
+    for m in messages:
+        if type(m) is not dict or m.keys() != _MESSAGE_KEYS:
+            return jsonl_line(rec)
+        content, role = m["content"], m["role"]
+        if type(content) is not str or type(role) is not str:
+            return jsonl_line(rec)
+        parts.append('{"content": ' + encode_basestring(content) + ', "role": ' + encode_basestring(role) + "}")
+    return ('{"id": ' + encode_basestring(rid) + head + ', "messages": [' + ", ".join(parts)
+            + '], "source": ' + encode_basestring(source) + ', "system": ' + encode_basestring(system) + "}\n")
 
 
 def clean_source(spec: dict, in_dir: Path, out_dir: Path) -> dict:
@@ -82,7 +117,7 @@ def clean_source(spec: dict, in_dir: Path, out_dir: Path) -> dict:
                     rej = chain(row)
                     if rej is None:
                         n_kept += 1
-                        f_rec.write(jsonl_line(row))
+                        f_rec.write(record_line(row))
                     else:
                         f_frej.write(jsonl_line(rej))
                 else:

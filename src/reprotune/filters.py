@@ -25,7 +25,9 @@ filter keeps records whose ``lang`` field is allowed, for readers that keep one.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
+import mmap
 import re
 import unicodedata
 from importlib import resources
@@ -330,48 +332,109 @@ def _length(min_chars: int | None = None, max_chars: int | None = None,
     return keep
 
 
+_M64 = (1 << 64) - 1
+
+
 class HashSet64:
-    """A set of 64-bit hashes in about 8 bytes per entry (a sorted numpy array plus a
-    small Python set merged into it every ``flush`` inserts), so that exact dedup
-    over millions of rows keeps memory nearly flat (a Python set of digests costs
-    ~100 bytes per row)."""
+    """An exact set of 64-bit ints (the exact-dedup digests) in about 8 bytes per entry.
+
+    * ``sorted``: every entry but the latest ones, ascending, as uint64 in an anonymous
+      ``mmap``. It grows in place (``mremap``: no copy, no freed block left behind on
+      the heap) and the latest entries are merged into it in place, back to front, a
+      chunk at a time, so a merge never holds a second copy of the array.
+    * an index of where each top-16-bit bucket starts in ``sorted``, so a lookup
+      bisects one bucket (about n / 65536 entries);
+    * ``recent``: a Python set of up to ``flush`` latest entries (bounded, ~5 MB).
+
+    A Python set of the digests would cost ~70-100 bytes per entry; a hash table
+    12-24 plus a copy while it grows.
+    """
+
+    _BUCKET_SHIFT = 48  # 2**16 buckets by the top 16 bits
+    _CHUNK = 1 << 16
 
     def __init__(self, flush: int = 1 << 16):
-        import numpy as np
-
-        self._np = np
-        self.sorted = np.empty(0, dtype=np.uint64)
-        self.recent: set[int] = set()
+        if flush < 1:
+            raise ValueError("HashSet64: flush must be >= 1")
         self.flush = flush
+        self.recent: set[int] = set()
+        self._n = 0  # entries in the sorted part
+        self._mm: mmap.mmap | None = None
+        self._sorted: memoryview | None = None  # 'Q' view of the first _n slots of _mm
+        self._index: list[int] = []  # bucket b -> first position of its entries in sorted
+
+    def __contains__(self, h: int) -> bool:
+        if h in self.recent:
+            return True
+        if not self._n or not 0 <= h <= _M64:
+            return False
+        b = h >> self._BUCKET_SHIFT
+        lo, hi = self._index[b], self._index[b + 1]
+        i = bisect.bisect_left(self._sorted, h, lo, hi)
+        return i < hi and self._sorted[i] == h
 
     def add(self, h: int) -> bool:
-        """Insert ``h``; False when it was already there."""
+        """Insert ``h`` (0 <= h < 2**64); False when it was already there."""
         if h in self.recent:
             return False
-        arr = self.sorted
-        if arr.size:
-            v = self._np.uint64(h)
-            i = int(arr.searchsorted(v))
-            if i < arr.size and arr[i] == v:
-                return False
+        if not 0 <= h <= _M64:
+            raise ValueError(f"HashSet64: {h} is not a 64-bit unsigned int")
+        if self._n:
+            b = h >> self._BUCKET_SHIFT
+            lo, hi = self._index[b], self._index[b + 1]
+            if lo < hi:
+                i = bisect.bisect_left(self._sorted, h, lo, hi)
+                if i < hi and self._sorted[i] == h:
+                    return False
         self.recent.add(h)
         if len(self.recent) >= self.flush:
-            new = self._np.fromiter(self.recent, dtype=self._np.uint64, count=len(self.recent))
-            self.sorted = self._np.union1d(arr, new)
-            self.recent = set()
+            self._merge()
         return True
 
     def __len__(self) -> int:
-        return int(self.sorted.size) + len(self.recent)
+        return self._n + len(self.recent)
+
+    def _merge(self) -> None:
+        """Merge ``recent`` (none of which is in ``sorted``) into ``sorted``, in place."""
+        import numpy as np
+
+        new = np.fromiter(self.recent, dtype=np.uint64, count=len(self.recent))
+        new.sort()
+        n, m = self._n, int(new.size)
+        if self._sorted is not None:
+            self._sorted.release()  # no view may be alive while the map is resized
+            self._sorted = None
+        if self._mm is None:
+            self._mm = mmap.mmap(-1, 8 * (n + m), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        elif len(self._mm) < 8 * (n + m):
+            self._mm.resize(8 * (n + m + (n + m) // 8))  # mremap; the slack saves a remap per merge
+        a = np.frombuffer(self._mm, dtype=np.uint64)
+        ins = np.searchsorted(a[:n], new)  # new[j] goes before old[ins[j]]
+        # old[k] moves right by the number of new entries below it (#j with ins[j] <= k);
+        # back to front, each chunk copied out before anything lands on its slots
+        for c1 in range(n, 0, -self._CHUNK):
+            c0 = max(0, c1 - self._CHUNK)
+            lo, hi = np.searchsorted(ins, [c0, c1])
+            if hi == 0:
+                break  # no new entry below this chunk: it and everything before it stay
+            shift = np.bincount(ins[lo:hi] - c0, minlength=c1 - c0)[:c1 - c0].cumsum() + lo
+            a[np.arange(c0, c1) + shift] = a[c0:c1].copy()
+        a[ins + np.arange(m)] = new
+        self._n = n + m
+        starts = np.arange(1 << (64 - self._BUCKET_SHIFT), dtype=np.uint64) << np.uint64(self._BUCKET_SHIFT)
+        self._index = [*np.searchsorted(a[:self._n], starts).tolist(), self._n]
+        del a
+        self._sorted = memoryview(self._mm).cast("Q")[:self._n]
+        self.recent = set()
 
 
 @register("exact_dedup")
 def _exact_dedup() -> Keep:
     """Keep the first occurrence of each normalized (NFKC, lower-cased, whitespace-collapsed) text.
 
-    Texts are compared by a 64-bit blake2b hash of the normalized text (8 bytes of
-    state per row); two different texts collide with probability about n^2 / 2^65
-    (1e-7 at two million rows).
+    Texts are compared by a 64-bit blake2b hash of the normalized text, kept in a
+    :class:`HashSet64` (about 8 bytes of state per row); two different texts collide
+    with probability about n^2 / 2^65 (1e-7 at two million rows).
     """
     seen = HashSet64()
 
