@@ -144,24 +144,12 @@ def child(mode: str, work: Path, shard_mb: float) -> None:
 
 
 def compare(work: Path) -> float:
-    import torch
-    from safetensors import safe_open
+    from reprotune.merge import _max_abs_diff_files, tensor_index
 
-    def index(d: Path) -> dict:
-        out = {}
-        for p in sorted(d.glob("*.safetensors")):
-            with safe_open(str(p), framework="pt") as f:
-                for k in f.keys():
-                    out[k] = p
-        return out
-
-    a, b = index(work / "out_peft"), index(work / "out_streaming")
-    assert set(a) == set(b), sorted(set(a) ^ set(b))[:5]
-    worst = 0.0
-    for k in sorted(a):
-        with safe_open(str(a[k]), framework="pt") as fa, safe_open(str(b[k]), framework="pt") as fb:
-            worst = max(worst, float((fa.get_tensor(k).float() - fb.get_tensor(k).float()).abs().max()))
-    return worst
+    a, b = work / "out_peft", work / "out_streaming"
+    names_a, names_b = set(tensor_index(a)), set(tensor_index(b))
+    assert names_a == names_b, sorted(names_a ^ names_b)[:5]
+    return _max_abs_diff_files(a, b)["max_abs"]
 
 
 def main() -> int:

@@ -43,12 +43,11 @@ import fnmatch
 import hashlib
 import logging
 import os
-import shutil
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
 from reprotune import lock as lockmod
-from reprotune.io import CHUNK, atomic_write_json
+from reprotune.io import CHUNK, atomic_write_json, replace_dir
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
@@ -401,13 +400,7 @@ def _fetch(repo: str, repo_type: str, revision: str | None, patterns, pins: dict
     if revision:
         manifest["requested_revision"] = revision
     atomic_write_json(stage / MANIFEST, manifest)
-    os.chmod(stage, 0o755)
-    if out_dir.exists():
-        if out_dir.is_dir():
-            shutil.rmtree(out_dir)
-        else:
-            out_dir.unlink()
-    os.replace(stage, out_dir)
+    replace_dir(stage, out_dir)
 
     if lpath is not None and entry is None:
         lockmod.set_entry(lpath, lock.get("recipe"), lkey,

@@ -151,6 +151,19 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def replace_dir(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Move a finished temp directory into place: readable permissions, whatever was at
+    ``path`` removed, then one rename (same file system)."""
+    tmp, path = Path(tmp), Path(path)
+    os.chmod(tmp, 0o755)
+    if path.exists():
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temp directory next to ``path``; on success rename it to ``path``.
@@ -166,13 +179,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o755)
-        if path.exists():
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        os.replace(tmp, path)
+        replace_dir(tmp, path)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if _is_user_write_error(e):

@@ -350,19 +350,23 @@ def _copy_full(src: Path, dst: Path) -> list[str]:
     return files
 
 
+def tensor_index(d: Path) -> dict[str, Path]:
+    """Tensor name -> the safetensors file of a (sharded) checkpoint directory that holds it."""
+    from safetensors import safe_open
+
+    out = {}
+    for st in sorted(d.glob("*.safetensors")):
+        with safe_open(str(st), framework="pt") as f:
+            for k in f.keys():
+                out[k] = st
+    return out
+
+
 def _max_abs_diff_files(a_dir: Path, b_dir: Path) -> dict:
     """Per-tensor streaming comparison of two safetensors checkpoints."""
     from safetensors import safe_open
 
-    def index(d: Path) -> dict[str, Path]:
-        out = {}
-        for st in sorted(d.glob("*.safetensors")):
-            with safe_open(str(st), framework="pt") as f:
-                for k in f.keys():
-                    out[k] = st
-        return out
-
-    ia, ib = index(a_dir), index(b_dir)
+    ia, ib = tensor_index(a_dir), tensor_index(b_dir)
     per: dict[str, float] = {}
     for k in sorted(set(ia) & set(ib)):
         with safe_open(str(ia[k]), framework="pt") as fa, safe_open(str(ib[k]), framework="pt") as fb:
