@@ -13,7 +13,7 @@ import pytest
 
 from reprotune import sources
 from reprotune.sources import SchemaError
-from reprotune.sources._common import MAX_STR, excerpt
+from reprotune.sources._common import MAX_STR, UniqueIds, excerpt
 from reprotune.sources.text import chunk_text
 
 HUB = Path(__file__).resolve().parents[1] / "fixtures" / "hub" / "datasets"
@@ -589,3 +589,33 @@ def test_text_reader_malformed_rows(tmp_path):
         {"id": "c/0-2", "source": "c", "text": "four"}]
     with pytest.raises(ValueError, match="max_chunk_size"):
         list(sources.get("text")([custom], {"max_chunk_size": 0}, "c"))
+
+
+def test_unique_ids_suffixes_repeats_only():
+    ids = UniqueIds()
+    assert [ids(x) for x in ["a", "b", "a", 1, "1", "a", "\udcff", "\udcff"]] == [
+        "a", "b", "a#2", "1", "1#2", "a#3", "\udcff", "\udcff#2"]
+    # only ids that repeat get an exact counter; the rest are 8-byte digests
+    assert ids._repeats == {"a": 3, "1": 2, "\udcff": 2}
+    many = UniqueIds()
+    assert all(many(f"flan.{i}") == f"flan.{i}" for i in range(200_000))
+    assert len(many._seen) == 200_000 and many._repeats == {}
+
+
+def test_unique_ids_digest_collision_keeps_ids_unique(monkeypatch):
+    """Two different ids with one 64-bit digest: the later one gets a spurious
+    suffix, but every id handed out is still distinct."""
+    from reprotune.sources import _common
+
+    class Constant:
+        def __init__(self, *a, **k):
+            pass
+
+        def digest(self):
+            return b"\x00" * 7 + b"\x2a"
+
+    monkeypatch.setattr(_common.hashlib, "blake2b", Constant)
+    ids = UniqueIds()
+    out = [ids(x) for x in ["x", "y", "x", "y", "z"]]
+    assert out == ["x", "y#2", "x#2", "y#3", "z#2"]
+    assert len(set(out)) == len(out)

@@ -8,11 +8,14 @@ snake_case reason; only a file that does not look like the format at all raises
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import pyarrow.parquet as pq
+
+from ..filters import HashSet64
 
 MAX_STR = 500      # characters kept per string in a reject's "row"
 MAX_ITEMS = 50     # items kept per list in a reject's "row"
@@ -99,16 +102,28 @@ def record(source: str, rowid: Any, system: str, messages: list[dict], input: st
 
 
 class UniqueIds:
-    """Row ids from the data are not always unique; suffix repeats with ``#<n>``."""
+    """Row ids from the data are not always unique; suffix repeats with ``#<n>``.
+
+    Memory stays flat in the number of rows: the ids seen are kept as 64-bit
+    blake2b digests in :class:`~reprotune.filters.HashSet64` (~8 bytes each, not the
+    ~90 of a dict of strings); an exact per-id counter exists only for ids whose
+    digest was already seen. Two *different* ids with the same 64-bit digest
+    (probability ~n**2 / 2**65: ~1e-7 at 2M rows) make the later one ``<id>#2``:
+    the ids stay unique and deterministic, only that suffix is spurious.
+    """
 
     def __init__(self) -> None:
-        self._seen: dict[str, int] = {}
+        self._seen = HashSet64()
+        self._repeats: dict[str, int] = {}
 
     def __call__(self, rowid: Any) -> str:
         rowid = str(rowid)
-        n = self._seen.get(rowid, 0) + 1
-        self._seen[rowid] = n
-        return rowid if n == 1 else f"{rowid}#{n}"
+        digest = hashlib.blake2b(rowid.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        if self._seen.add(int.from_bytes(digest, "big")):
+            return rowid
+        n = self._repeats.get(rowid, 1) + 1
+        self._repeats[rowid] = n
+        return f"{rowid}#{n}"
 
 
 # ----------------------------------------------------------------------------- field access
