@@ -11,7 +11,8 @@ venv: $(VENV)/.installed
 # same versions. torch==2.13.0+cpu comes from /opt/wheels here (pip's find-links), from
 # TORCH_CPU_INDEX elsewhere; pip refuses any file whose sha256 is not in the lock.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
-PIP_TORCH := $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels,--extra-index-url $(TORCH_CPU_INDEX))
+LOCAL_TORCH := $(wildcard /opt/wheels/torch-*)
+PIP_TORCH := $(if $(LOCAL_TORCH),--find-links /opt/wheels,--extra-index-url $(TORCH_CPU_INDEX))
 $(VENV)/.installed: envs/cpu.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --require-hashes --no-deps $(PIP_TORCH) -r envs/cpu.lock
@@ -23,7 +24,7 @@ $(VENV)/.installed: envs/cpu.lock pyproject.toml
 TOOLS := .venv-tools
 UV_COMPILE = $(TOOLS)/bin/uv pip compile --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --no-header --no-annotate $(UPGRADE)
-UV_TORCH_CPU := $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels,--extra-index-url $(TORCH_CPU_INDEX) --index-strategy unsafe-best-match)
+UV_TORCH_CPU := $(if $(LOCAL_TORCH),--find-links /opt/wheels,--extra-index-url $(TORCH_CPU_INDEX) --index-strategy unsafe-best-match)
 $(TOOLS)/bin/uv: envs/tools.lock
 	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install -q --require-hashes --no-deps -r envs/tools.lock

@@ -10,8 +10,8 @@ step's own:
   refusals, exact_dedup, records.jsonl written), then every kept record read back,
   rendered with the ``alpaca`` template and encoded by
   ``reprotune.tokenize.encode_dataset`` (what training uses: one Rust tokenizer call
-  per 1000 records, assistant-only labels from the offsets of the few tokens a
-  bisection probes at each span's boundaries) with the tiny tokenizer;
+  per 1000 records, assistant-only labels from the few tokens at each trainable
+  span's ends) with the tiny tokenizer;
 * ``per_record`` (with ``--per-record``): the same, except each record is encoded by
   its own ``reprotune.tokenize.encode`` call (the naive version);
 * ``baseline``: the same rendered texts tokenized by ``tokenizer(batch)`` (1000 per

@@ -335,6 +335,13 @@ def _length(min_chars: int | None = None, max_chars: int | None = None,
 _M64 = (1 << 64) - 1
 
 
+def digest64(text: str) -> int:
+    """A 64-bit blake2b digest of ``text`` as an int: the key :class:`HashSet64` keeps for
+    a string (exact dedup, source row ids). Lone surrogates are hashed as their code
+    points (``surrogatepass``) instead of raising."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+
+
 class HashSet64:
     """An exact set of 64-bit ints (the exact-dedup digests) in about 8 bytes per entry.
 
@@ -363,15 +370,17 @@ class HashSet64:
         self._sorted: memoryview | None = None  # 'Q' view of the first _n slots of _mm
         self._index: list[int] = []  # bucket b -> first position of its entries in sorted
 
-    def __contains__(self, h: int) -> bool:
-        if h in self.recent:
-            return True
-        if not self._n or not 0 <= h <= _M64:
+    def _in_sorted(self, h: int) -> bool:
+        """Whether ``h`` (0 <= h < 2**64) is in the sorted part: a bisection of its bucket."""
+        if not self._n:
             return False
         b = h >> self._BUCKET_SHIFT
         lo, hi = self._index[b], self._index[b + 1]
         i = bisect.bisect_left(self._sorted, h, lo, hi)
         return i < hi and self._sorted[i] == h
+
+    def __contains__(self, h: int) -> bool:
+        return h in self.recent or (0 <= h <= _M64 and self._in_sorted(h))
 
     def add(self, h: int) -> bool:
         """Insert ``h`` (0 <= h < 2**64); False when it was already there."""
@@ -379,13 +388,8 @@ class HashSet64:
             return False
         if not 0 <= h <= _M64:
             raise ValueError(f"HashSet64: {h} is not a 64-bit unsigned int")
-        if self._n:
-            b = h >> self._BUCKET_SHIFT
-            lo, hi = self._index[b], self._index[b + 1]
-            if lo < hi:
-                i = bisect.bisect_left(self._sorted, h, lo, hi)
-                if i < hi and self._sorted[i] == h:
-                    return False
+        if self._in_sorted(h):
+            return False
         self.recent.add(h)
         if len(self.recent) >= self.flush:
             self._merge()
@@ -439,8 +443,7 @@ def _exact_dedup() -> Keep:
     seen = HashSet64()
 
     def keep(rec: dict) -> bool:
-        key = int.from_bytes(hashlib.blake2b(dedup_key_text(rec).encode("utf-8"), digest_size=8).digest(), "big")
-        return seen.add(key)
+        return seen.add(digest64(dedup_key_text(rec)))
 
     return keep
 

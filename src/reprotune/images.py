@@ -123,11 +123,11 @@ def build(names: list[str], registry: str, build_args: list[str] = (), volumes: 
     lock_path = Path(lock_path) if lock_path else root / "docker" / "images.lock"
     images = load(lock_path)
     cli = container_cli()
+    args = list(build_args)
     for name in names:
         if name not in images:
             raise ImagesError(f"unknown image {name!r}: expected one of {', '.join(NAMES)}")
         e = images[name]
-        args = [a for a in build_args]
         tag = content_tag(e, args, root)
         repo = f"{registry.rstrip('/')}/reprotune-{name}"
         ref = f"{repo}:{tag}"
@@ -155,14 +155,9 @@ def build(names: list[str], registry: str, build_args: list[str] = (), volumes: 
             if not digest or not digest.startswith("sha256:"):
                 raise ImagesError(f"pushed {ref} but could not read its digest")
         e.update(repository=repo, tag=tag, digest=digest)
-        _write(lock_path, images)
+        rio.atomic_write_json(lock_path, {"images": images})
         print(f"reprotune: {name}: {ref} -> {digest}", file=sys.stderr)
     return images
-
-
-def _write(lock_path: Path, images: dict) -> None:
-    text = json.dumps({"images": images}, indent=2, sort_keys=True) + "\n"
-    rio.atomic_write_text(lock_path, text)
 
 
 def main_build(a) -> int:

@@ -154,70 +154,78 @@ def _labels(ids, offsets, spans: list[tuple[int, int]]) -> list[int]:
 
 def _labels_encoding(ids: list[int], enc, spans: list[tuple[int, int]]) -> list[int]:
     """:func:`_labels` for a ``tokenizers.Encoding``, locating each run from the tokens
-    at its two ends instead of bisecting.
+    at its two ends (:func:`_run_from_ends`) instead of bisecting; whenever that cannot
+    vouch for a run, or the encoding ends with a zero-width token the post-processor
+    appended (eos), the row goes through :func:`_labels` instead. Six or so token
+    lookups per span.
+    """
+    n = len(ids)
+    last = enc.token_to_chars(n - 1) if n else None
+    if last is not None and last[1] > last[0]:
+        labels = [IGNORE_INDEX] * n
+        for s, e in spans:
+            run = _run_from_ends(enc, n, s, e)
+            if run is None:
+                break
+            lo, hi = run
+            labels[lo:hi] = ids[lo:hi]
+        else:
+            return labels
+    return _labels(ids, _EncodingOffsets(enc), spans)
+
+
+def _run_from_ends(enc, n: int, s: int, e: int) -> tuple[int, int] | None:
+    """The tokens ``[lo, hi)`` lying inside the span ``[s, e)`` of an encoding of ``n``
+    tokens, or None when the ends alone cannot tell.
 
     ``char_to_token(s)`` is the token holding the span's first character: the run
     starts there, or at the next token when ``s`` falls inside it; the run ends with
     the token holding the span's last character, or just before it when that token
     runs past the span. Each end is then checked against its neighbour (starts before
-    ``s`` / ends after ``e``), the same partition the bisection finds, so the
-    result is the same; whenever a check fails or a special token (no
-    ``token_to_chars``) is in the way (bos before a run that starts at 0, an eos the
-    post-processor appends), the row goes through :func:`_labels` instead. Six or so
-    token lookups per span.
+    ``s`` / ends after ``e``), the same partition the bisection of :func:`_labels`
+    finds. None when a check fails, the span is empty, or a special token (no
+    ``token_to_chars``: bos before a run that starts at 0) is in the way.
     """
-    n = len(ids)
-    at = enc.token_to_chars
-    last = at(n - 1) if n else None
-    if last is None or last[1] <= last[0]:
-        return _labels(ids, _EncodingOffsets(enc), spans)
-    to_token = enc.char_to_token
-    labels = [IGNORE_INDEX] * n
-    for s, e in spans:
-        if e <= s:
-            return _labels(ids, _EncodingOffsets(enc), spans)
-        c = to_token(s)
-        if c is None:
-            return _labels(ids, _EncodingOffsets(enc), spans)
-        o = at(c)
-        if o is None:
-            return _labels(ids, _EncodingOffsets(enc), spans)
-        if o[0] < s:  # s inside token c: the run starts after it
-            lo = c + 1
-            if lo < n:
-                q = at(lo)
-                if q is None or q[0] < s:
-                    return _labels(ids, _EncodingOffsets(enc), spans)
-        else:
-            lo = c
-            if c:
-                q = at(c - 1)
-                if q is None or q[0] >= s:
-                    return _labels(ids, _EncodingOffsets(enc), spans)
-        c = to_token(e - 1)
-        if c is None:
-            return _labels(ids, _EncodingOffsets(enc), spans)
-        o = at(c)
-        if o is None:
-            return _labels(ids, _EncodingOffsets(enc), spans)
-        if o[1] > e:  # token c runs past the span: the run ends before it
-            hi = c
-            if hi > lo:
-                q = at(c - 1)
-                if q is None or q[1] > e:
-                    return _labels(ids, _EncodingOffsets(enc), spans)
-        else:
-            hi = c + 1
-            if hi < n:
-                q = at(hi)
-                if q is None or q[1] <= e:
-                    return _labels(ids, _EncodingOffsets(enc), spans)
-        if hi > lo:
+    at, to_token = enc.token_to_chars, enc.char_to_token
+    if e <= s:
+        return None
+    c = to_token(s)
+    o = at(c) if c is not None else None
+    if o is None:
+        return None
+    if o[0] < s:  # s inside token c: the run starts after it
+        lo = c + 1
+        if lo < n:
             q = at(lo)
-            if q is None or q[1] <= q[0]:
-                return _labels(ids, _EncodingOffsets(enc), spans)
-            labels[lo:hi] = ids[lo:hi]
-    return labels
+            if q is None or q[0] < s:
+                return None
+    else:
+        lo = c
+        if c:
+            q = at(c - 1)
+            if q is None or q[0] >= s:
+                return None
+    c = to_token(e - 1)
+    o = at(c) if c is not None else None
+    if o is None:
+        return None
+    if o[1] > e:  # token c runs past the span: the run ends before it
+        hi = c
+        if hi > lo:
+            q = at(c - 1)
+            if q is None or q[1] > e:
+                return None
+    else:
+        hi = c + 1
+        if hi < n:
+            q = at(hi)
+            if q is None or q[1] <= e:
+                return None
+    if hi > lo:
+        q = at(lo)
+        if q is None or q[1] <= q[0]:
+            return None
+    return lo, hi
 
 
 def encode_dataset(
@@ -226,8 +234,9 @@ def encode_dataset(
     """Encode every record; returns ``(rows, stats)``.
 
     Same rows as calling :func:`encode` per record, but the (Rust) tokenizer is called
-    once per ``batch_size`` records and each label mask is a few bisections over the
-    row's token offsets (:func:`_labels`; only the probed tokens' offsets are read), so
+    once per ``batch_size`` records and each label mask is found from a few tokens per
+    trainable span (:func:`_labels_encoding`: the tokens at the span's ends; a bisection
+    over probed offsets where those cannot tell), never from every token's offsets, so
     the data path runs close to raw ``tokenizer(batch)`` speed
     (``bench/data_prep.py``).
 

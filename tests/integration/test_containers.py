@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import HERE, RECIPE, env, run, tree_hashes
+from reprotune.verify import tree_hashes
+
+from .conftest import HERE, RECIPE, env, run
 
 # files that record the build's environment (Python of the image, container digests) and are
 # allowed to differ from the host build; everything else must be byte-identical

@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import HERE, RECIPE, env, run, tree_copy, tree_hashes
+from reprotune.verify import tree_hashes
+
+from .conftest import HERE, RECIPE, env, run, tree_copy
 
 
 def test_tiny_build_through_slurm_equals_the_local_build(ci_host, host_results, tmp_path):

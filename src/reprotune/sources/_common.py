@@ -8,14 +8,13 @@ snake_case reason; only a file that does not look like the format at all raises
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import pyarrow.parquet as pq
 
-from ..filters import HashSet64
+from ..filters import HashSet64, digest64
 
 MAX_STR = 500      # characters kept per string in a reject's "row"
 MAX_ITEMS = 50     # items kept per list in a reject's "row"
@@ -118,8 +117,7 @@ class UniqueIds:
 
     def __call__(self, rowid: Any) -> str:
         rowid = str(rowid)
-        digest = hashlib.blake2b(rowid.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        if self._seen.add(int.from_bytes(digest, "big")):
+        if self._seen.add(digest64(rowid)):
             return rowid
         n = self._repeats.get(rowid, 1) + 1
         self._repeats[rowid] = n
