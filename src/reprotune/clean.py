@@ -97,7 +97,8 @@ def clean_source(spec: dict, in_dir: Path, out_dir: Path) -> dict:
     rel_files = resolve_files(in_dir, spec.get("files"))
     files = [in_dir / p for p in rel_files]
     read = get_reader(fmt)
-    context = {"tokenizer_dir": spec["tokenizer_dir"]} if spec.get("tokenizer_dir") else {}
+    context = {"tokenizer_dir": spec["tokenizer_dir"], "tokenizer_use_fast": bool(spec.get("tokenizer_use_fast", True))} \
+        if spec.get("tokenizer_dir") else {}
     chain = FilterChain(list(spec.get("filters") or []), context)
 
     reasons: Counter = Counter()

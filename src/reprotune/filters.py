@@ -76,6 +76,7 @@ def make(spec: dict, context: dict | None = None) -> Keep:
             raise FilterError(f"filter {name!r}: tokenizer 'base' needs the base model directory "
                               "(clean spec key 'tokenizer_dir')")
         params["tokenizer"] = str(tdir)
+        params["use_fast"] = bool((context or {}).get("tokenizer_use_fast", True))
     try:
         return factory(**params)
     except TypeError as exc:
@@ -129,32 +130,26 @@ def apply_filters(records: Iterable[dict], filters: list[dict],
     return kept, rejects, chain.stats()
 
 
-def token_counter(tokenizer_dir: str | Path) -> Callable[[list[str]], list[int]]:
-    """``count(texts) -> [n_tokens]`` with a tokenizer directory's fast tokenizer (no special tokens).
+def token_counter(tokenizer_dir: str | Path, use_fast: bool = True) -> Callable[[list[str]], list[int]]:
+    """``count(texts) -> [n_tokens]`` with a tokenizer directory's tokenizer (no special tokens).
 
-    Uses ``tokenizer.json`` through ``tokenizers`` when present (batched), else
-    ``transformers.AutoTokenizer``.
+    Loaded as training loads it (``reprotune.base_tokenizer``: fast, or the slow SentencePiece
+    one with ``use_fast=False``); a fast tokenizer counts through its Rust backend in batches.
     """
-    d = Path(tokenizer_dir)
-    if (d / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
+    from reprotune.base_tokenizer import load
 
-        tok = Tokenizer.from_file(str(d / "tokenizer.json"))
-
+    tok = load(tokenizer_dir, use_fast=use_fast)
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
         def count(texts: list[str]) -> list[int]:
-            return [len(e.ids) for e in tok.encode_batch(list(texts), add_special_tokens=False)]
+            return [len(e.ids) for e in backend.encode_batch(list(texts), add_special_tokens=False)]
 
         return count
-    if not d.is_dir():
-        raise FilterError(f"tokenizer directory not found: {d}")
-    from transformers import AutoTokenizer
 
-    hf = AutoTokenizer.from_pretrained(str(d))
+    def count_slow(texts: list[str]) -> list[int]:
+        return [len(ids) for ids in tok(list(texts), add_special_tokens=False)["input_ids"]]
 
-    def count_hf(texts: list[str]) -> list[int]:
-        return [len(ids) for ids in hf(list(texts), add_special_tokens=False)["input_ids"]]
-
-    return count_hf
+    return count_slow
 
 
 # --------------------------------------------------------------------------- helpers
@@ -305,13 +300,14 @@ def _identity(phrases_file: str | None = None, phrases: list[str] | None = None,
 @register("length")
 def _length(min_chars: int | None = None, max_chars: int | None = None,
             min_tokens: int | None = None, max_tokens: int | None = None,
-            tokenizer: str | None = None) -> Keep:
+            tokenizer: str | None = None, use_fast: bool = True) -> Keep:
     """Bounds (inclusive) on total characters / tokens of system + input + messages (or text).
 
     Tokens: the given tokenizer directory's tokens (``tokenizer: base`` = the base
-    model's, resolved by :func:`make`), else whitespace-separated words.
+    model's, resolved by :func:`make`, loaded fast or slow as the recipe's ``tokenizer.use_fast``
+    says), else whitespace-separated words.
     """
-    count = token_counter(tokenizer) if tokenizer is not None else None
+    count = token_counter(tokenizer, use_fast) if tokenizer is not None else None
 
     def keep(rec: dict) -> bool:
         parts = _contents(rec)

@@ -169,6 +169,35 @@ def _system_messages(spec: dict) -> list[str] | None:
     return list(msgs)
 
 
+COMPARE_ROWS = 20_000  # rows of the train split whose fast and slow encodings data_report compares
+
+
+def _use_fast(spec: dict) -> bool:
+    return bool((spec.get("tokenizer") or {}).get("use_fast", True))
+
+
+def tokenizer_report(spec: dict, tokenizer_dir: Path, train_file: Path) -> dict:
+    """Which tokenizer training uses, and -- where the base has both a fast and a slow
+    (SentencePiece) tokenizer that load -- how many train rows (rendered with the adapter's
+    template, first :data:`COMPARE_ROWS`) they encode differently."""
+    from reprotune import templates
+    from reprotune.base_tokenizer import TokenizerLoadError, describe, load
+    from reprotune.io import read_jsonl
+    from reprotune.tokenize import compare_tokenizers
+
+    out = {"training": "fast" if _use_fast(spec) else "slow"}
+    try:
+        fast, slow = load(tokenizer_dir), load(tokenizer_dir, use_fast=False)
+    except TokenizerLoadError as e:
+        out["fast_vs_slow"] = {"compared": False, "reason": str(e).replace(str(tokenizer_dir), "<base>")}
+        return out
+    out.update({"fast": describe(fast), "slow": describe(slow)})
+    if spec.get("template"):
+        cmp = compare_tokenizers(read_jsonl(train_file), templates.get(spec["template"]), fast, slow, COMPARE_ROWS)
+        out["fast_vs_slow"] = {"compared": True, "template": spec["template"], **cmp}
+    return out
+
+
 def mix(spec: dict, clean_dirs: dict[str, Path], out_dir: Path, tokenizer_dir: Path | None = None) -> dict:
     """Sample, split and shuffle the cleaned sources of one adapter; return data_report.
 
@@ -190,7 +219,7 @@ def mix(spec: dict, clean_dirs: dict[str, Path], out_dir: Path, tokenizer_dir: P
     if tokenizer_dir is not None:
         from reprotune.filters import token_counter
 
-        count_tokens = token_counter(tokenizer_dir)
+        count_tokens = token_counter(tokenizer_dir, _use_fast(spec))
 
     sources = sorted(mix_spec)
     rngs: dict[str, random.Random] = {}
@@ -307,5 +336,6 @@ def mix(spec: dict, clean_dirs: dict[str, Path], out_dir: Path, tokenizer_dir: P
                 "sources": {s: length_stats(lengths[s]) for s in sources},
                 "overall": length_stats([v for s in sources for v in lengths[s]]),
             }
+            report["tokenizers"] = tokenizer_report(spec, tokenizer_dir, tmp / "train.jsonl")
         atomic_write_json(tmp / "data_report.json", report)
     return report

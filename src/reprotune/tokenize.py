@@ -1,29 +1,47 @@
 """Templated tokenization with assistant-only labels, and packing (``pack``).
 
 ``encode`` renders a record with its template into ``(text, trainable)`` segments,
-tokenizes the concatenated text ONCE (bos added by the tokenizer) with
-``return_offsets_mapping=True`` and keeps a token's label only when its character
-span ``[start, end)`` lies inside one trainable segment.  Everything else
-(bos, system prompt, user turns, role headers, separators) gets ``-100``.
+tokenizes the concatenated text ONCE (bos added by the tokenizer) and keeps a token's
+label only when its character span ``[start, end)`` lies inside one trainable segment.
+Everything else (bos, system prompt, user turns, role headers, separators) gets ``-100``.
+
+Character spans come from the tokenizer itself: the ``offset_mapping`` of a fast
+(``tokenizers``) tokenizer, or, for a slow SentencePiece tokenizer (recipe key
+``tokenizer: {use_fast: false}``), from aligning the pieces of that same whole-text
+encoding with the text (:func:`piece_offsets`: each piece, ``▁`` read as a space and
+byte-fallback pieces as their bytes, must match the text where the previous one ended; the
+dummy-prefix space is zero-width, spaces a whitespace-collapsing normalizer removed are
+skipped). A piece that matches nowhere stops the job with a ``TokenizeError``: labels are
+exact or there are none.
 
 Tokenizing once means the ids are exactly those the model sees at inference for
 the same text (no per-segment tokenization seams).  The price: a token whose span
-straddles a segment boundary is masked; with byte-level BPE this only happens when
-an answer starts with punctuation glued to punctuation at the end of its header
-(e.g. ``<|assistant|>`` + ``(yes)``), and then only that one token loses its label.
+straddles a segment boundary is masked (e.g. an answer starting with punctuation glued
+to the end of its header); only that one token loses its label.
 
 Truncation keeps the first ``max_length`` tokens; a record with no trainable
 token left is dropped (``None``) and counted by ``encode_dataset``.
+
+Label sanity (:func:`check_labels`, run by ``encode_dataset`` on the first rows it keeps):
+the trained tokens of a row must decode to its answers. A template/tokenizer pair that
+trains only end-of-turn tokens, or tokens outside the answers (offsets that do not match
+the text), stops with one line naming the template, the row and what was trained.
 """
 from __future__ import annotations
 
 import bisect
 import gc
+import re
 from typing import Any, Iterable
 
 from reprotune.templates import Template, TemplateError
 
 IGNORE_INDEX = -100
+SANITY_ROWS = 32  # rows of each dataset whose labels check_labels verifies
+
+
+class TokenizeError(ValueError):
+    """Labels cannot be made right for this template/tokenizer pair; one printable line."""
 
 
 def _trainable_spans(segments: list[tuple[str, bool]]) -> list[tuple[int, int]]:
@@ -47,15 +65,80 @@ def _inside(spans: list[tuple[int, int]], starts: list[int], start: int, end: in
     return i >= 0 and spans[i][0] <= start and end <= spans[i][1]
 
 
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _match_piece(text: str, pos: int, piece: str) -> tuple[int, int, int]:
+    """Where the text of one SentencePiece piece lies in ``text`` at ``pos``: ``(start, end, next pos)``."""
+    for q in _candidates(text, pos):
+        if text.startswith(piece, q):
+            return q, q + len(piece), q + len(piece)
+        if piece.startswith(" ") and text.startswith(piece[1:], q):
+            # the dummy prefix (or legacy space after a special token): not in the text. A lone
+            # space piece takes the next character's span, as the fast tokenizer's offsets do.
+            end = q + len(piece) - 1
+            return q, end if end > q else min(q + 1, len(text)), end
+    raise TokenizeError(f"cannot align the slow tokenizer's piece {piece!r} with the text at character {pos} "
+                        f"({text[pos:pos + 30]!r}): its labels would not be exact")
+
+
+def _candidates(text: str, pos: int):
+    """``pos``, then positions past spaces a whitespace-collapsing normalizer dropped."""
+    yield pos
+    q = pos
+    while q < len(text) and text[q] == " ":
+        q += 1
+        yield q
+
+
+def piece_offsets(tokenizer, text: str, ids: list[int]) -> list[tuple[int, int]]:
+    """Character spans of the tokens of a slow (SentencePiece) tokenizer's whole-text encoding.
+
+    Literal special tokens in the text get their span; ones the tokenizer adds (bos) are
+    zero-width; byte-fallback pieces of one character all get that character's span.
+    """
+    added = set(getattr(tokenizer, "added_tokens_encoder", {}) or {})
+    text = text.replace("\u2581", " ")  # the tokenizer reads a literal \u2581 as a space too
+    out: list[tuple[int, int]] = []
+    pos, pending, pending_at = 0, bytearray(), []
+    for piece in tokenizer.convert_ids_to_tokens(ids):
+        m = _BYTE_PIECE.fullmatch(piece)
+        if m:
+            pending.append(int(m.group(1), 16))
+            pending_at.append(len(out))
+            out.append((pos, pos))
+            try:
+                ch = pending.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            start, end, pos = _match_piece(text, pos, ch)
+            for i in pending_at:
+                out[i] = (start, end)
+            pending, pending_at = bytearray(), []
+        elif piece in added and not text.startswith(piece, pos):
+            out.append((pos, pos))  # added by the tokenizer (bos/eos), not written in the text
+        else:
+            start, end, pos = _match_piece(text, pos, piece if piece in added else piece.replace("\u2581", " "))
+            out.append((start, end))
+    return out
+
+
+def ids_and_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """The whole-text encoding (special tokens added) and each token's character span."""
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
+        return list(enc["input_ids"]), [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+    ids = list(tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+    return ids, piece_offsets(tokenizer, text, ids)
+
+
 def encode_full(record: dict, template: Template, tokenizer, max_length: int) -> dict[str, Any]:
     """Like :func:`encode` but never drops; also returns ``truncated`` and ``text``."""
     segments = template.render_segments(record, tokenizer.eos_token)
     text = "".join(t for t, _ in segments)
     spans = _trainable_spans(segments)
     starts = [s for s, _ in spans]
-    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
-    ids = list(enc["input_ids"])
-    offsets = enc["offset_mapping"]
+    ids, offsets = ids_and_offsets(tokenizer, text)
     labels = [tid if _inside(spans, starts, int(s), int(e)) else IGNORE_INDEX for tid, (s, e) in zip(ids, offsets)]
     truncated = len(ids) > max_length
     if truncated:
@@ -228,101 +311,206 @@ def _run_from_ends(enc, n: int, s: int, e: int) -> tuple[int, int] | None:
     return lo, hi
 
 
+def _squash(text: str, specials: Iterable[str]) -> str:
+    for tok in specials:
+        text = text.replace(tok, "")
+    return "".join(text.replace("\u2581", " ").replace("\ufffd", "").split())
+
+
+def _runs(labels: list[int]) -> list[tuple[int, int]]:
+    runs, start = [], None
+    for i, lab in enumerate(labels):
+        if lab != IGNORE_INDEX and i > 0:
+            start = i if start is None else start
+        elif start is not None:
+            runs.append((start, i))
+            start = None
+    return runs + ([(start, len(labels))] if start is not None else [])
+
+
+def check_labels(samples: list[tuple[str, str, list, list, list]], tokenizer, template_name: str) -> None:
+    """Verify that trained tokens are the answers: ``samples`` = ``(row id, text, spans, ids, labels)``.
+
+    Every run of trained tokens must decode (whitespace and special tokens aside) to a piece of
+    the row's answers, in order; and across the samples, most of the answer text must be trained.
+    Raises ``TokenizeError`` (one line) otherwise.
+    """
+    specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
+    answer_chars = trained_chars = 0
+    for rid, text, spans, ids, labels in samples:
+        answers = _squash("".join(text[a:b] for a, b in spans), specials)
+        cursor = 0
+        for a, b in _runs(labels):
+            piece = _squash(tokenizer.decode(ids[a:b], skip_special_tokens=False), specials)
+            at = answers.find(piece, cursor)
+            if at < 0:
+                raise TokenizeError(
+                    f"template {template_name!r} with this tokenizer trains tokens outside the answers: row {rid}: "
+                    f"trained tokens {a}..{b} decode to {piece[:60]!r}, not part of its answers {answers[:60]!r} "
+                    "(the tokenizer's offsets do not match its text)")
+            cursor = at + len(piece)
+            trained_chars += len(piece)
+        answer_chars += len(answers)
+    if answer_chars and trained_chars * 2 < answer_chars:
+        rid, text, spans, ids, labels = samples[0]
+        trained = tokenizer.decode([t for t in labels[1:] if t != IGNORE_INDEX], skip_special_tokens=False)
+        raise TokenizeError(
+            f"template {template_name!r} with this tokenizer trains no assistant content: {trained_chars} of "
+            f"{answer_chars} answer characters are trained in the first {len(samples)} rows (row {rid}: trained "
+            f"tokens decode to {trained[:60]!r}, its answers are {text[spans[0][0]:spans[0][1]][:60]!r})"
+            if spans else f"template {template_name!r} trains nothing in row {rid}")
+
+
+def _label_batch(tokenizer, backend, texts: list[str], spans_list: list) -> list[tuple[list[int], list[int]]]:
+    if backend is not None:  # the Rust tokenizer directly: no Python-side BatchEncoding
+        out = []
+        for e, spans in zip(backend.encode_batch(texts, add_special_tokens=True), spans_list):
+            ids = e.ids  # a fresh list: the row keeps it
+            out.append((ids, _labels_encoding(ids, e, spans)))
+        return out
+    out = []
+    for text, spans in zip(texts, spans_list):
+        ids, offsets = ids_and_offsets(tokenizer, text)
+        out.append((ids, _labels(ids, offsets, spans)))
+    return out
+
+
+def _plain_backend(tokenizer):
+    """The Rust tokenizer of a fast tokenizer, set to full-length encodings (truncation happens later)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        if backend.truncation is not None:
+            backend.no_truncation()
+        if backend.padding is not None:
+            backend.no_padding()
+    return backend
+
+
+def new_stats() -> dict[str, int]:
+    return {"records": 0, "kept": 0, "dropped_no_trainable": 0, "dropped_template": 0, "truncated": 0,
+            "tokens": 0, "trainable_tokens": 0}
+
+
+def _keep(ids: list[int], labels: list[int], max_length: int, stats: dict) -> dict | None:
+    truncated = len(ids) > max_length
+    if truncated:
+        ids, labels = ids[:max_length], labels[:max_length]
+    # trainable labels after position 0 (label 0 is never a target), counted in C
+    n_train = len(labels) - labels.count(IGNORE_INDEX) - (bool(labels) and labels[0] != IGNORE_INDEX)
+    if n_train == 0:
+        stats["dropped_no_trainable"] += 1
+        return None
+    stats["kept"] += 1
+    stats["truncated"] += truncated
+    stats["tokens"] += len(ids)
+    stats["trainable_tokens"] += n_train
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels, "truncated": truncated}
+
+
+def _render_batches(records: Iterable[dict], template: Template, eos: str, stats: dict, batch_size: int):
+    """``(ids, texts, spans)`` per batch of renderable records (unrenderable ones are counted)."""
+    rids, texts, spans_list = [], [], []
+    for record in records:
+        stats["records"] += 1
+        try:
+            segments = template.render_segments(record, eos)
+        except TemplateError:
+            stats["dropped_template"] += 1
+            continue
+        rids.append(record.get("id", stats["records"] - 1))
+        texts.append("".join([t for t, _ in segments]))
+        spans_list.append(_trainable_spans(segments))
+        if len(texts) >= batch_size:
+            yield rids, texts, spans_list
+            rids, texts, spans_list = [], [], []
+    if texts:
+        yield rids, texts, spans_list
+
+
+def iter_encode(records: Iterable[dict], template: Template, tokenizer, max_length: int, stats: dict,
+                batch_size: int = 1000):
+    """The kept rows of :func:`encode_dataset`, one at a time (``stats`` is updated in place).
+
+    The first :data:`SANITY_ROWS` kept rows are held back until those of them that were not
+    truncated have passed :func:`check_labels`.
+    """
+    if max_length < 2:
+        raise ValueError("max_length must be at least 2")
+    backend = _plain_backend(tokenizer)
+    samples, held = [], []
+    for rids, texts, spans_list in _render_batches(records, template, tokenizer.eos_token, stats, batch_size):
+        for rid, text, spans, (ids, labels) in zip(rids, texts, spans_list,
+                                                   _label_batch(tokenizer, backend, texts, spans_list)):
+            row = _keep(ids, labels, max_length, stats)
+            if row is None:
+                continue
+            if held is not None and len(held) < SANITY_ROWS:
+                if not row["truncated"]:
+                    samples.append((rid, text, spans, row["input_ids"], row["labels"]))
+                held.append(row)
+                continue
+            if held is not None:
+                check_labels(samples, tokenizer, template.name)
+                yield from (_strip(r) for r in held)
+                held = None
+            yield _strip(row)
+    if held is not None:
+        check_labels(samples, tokenizer, template.name)
+        yield from (_strip(r) for r in held)
+
+
+def _strip(row: dict) -> dict:
+    del row["truncated"]
+    return row
+
+
 def encode_dataset(
     records: Iterable[dict], template: Template, tokenizer, max_length: int, batch_size: int = 1000
 ) -> tuple[list[dict], dict[str, int]]:
     """Encode every record; returns ``(rows, stats)``.
 
-    Same rows as calling :func:`encode` per record, but the (Rust) tokenizer is called
-    once per ``batch_size`` records and each label mask is found from a few tokens per
+    Same rows as calling :func:`encode` per record, but a fast tokenizer's Rust backend is
+    called once per ``batch_size`` records and each label mask is found from a few tokens per
     trainable span (:func:`_labels_encoding`: the tokens at the span's ends; a bisection
     over probed offsets where those cannot tell), never from every token's offsets, so
-    the data path runs close to raw ``tokenizer(batch)`` speed
-    (``bench/data_prep.py``).
+    the data path runs close to raw ``tokenizer(batch)`` speed (``bench/data_prep.py``).
+    A slow tokenizer encodes row by row, with offsets from :func:`piece_offsets`.
 
     ``stats``: ``records`` (seen), ``kept``, ``dropped_no_trainable`` (nothing left to
     train on after truncation), ``dropped_template`` (template cannot render it, e.g.
     multi-turn into a single-turn format), ``truncated`` (kept but cut), ``tokens``
     and ``trainable_tokens`` of the kept rows.  Row order is preserved.
     """
-    if max_length < 2:
-        raise ValueError("max_length must be at least 2")
-    rows: list[dict] = []
-    stats = {
-        "records": 0,
-        "kept": 0,
-        "dropped_no_trainable": 0,
-        "dropped_template": 0,
-        "truncated": 0,
-        "tokens": 0,
-        "trainable_tokens": 0,
-    }
-    eos = tokenizer.eos_token
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        # plain full-length encodings, as ``encode`` asks for (truncation happens below)
-        if backend.truncation is not None:
-            backend.no_truncation()
-        if backend.padding is not None:
-            backend.no_padding()
-
-    def flush(texts: list[str], spans_list: list[list[tuple[int, int]]]) -> None:
-        if not texts:
-            return
-        if backend is not None:  # the Rust tokenizer directly: no Python-side BatchEncoding
-            labelled = []
-            for e, spans in zip(backend.encode_batch(texts, add_special_tokens=True), spans_list):
-                ids = e.ids  # a fresh list: the row keeps it
-                labelled.append((ids, _labels_encoding(ids, e, spans)))
-        else:
-            enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
-            labelled = [(list(ids), _labels(ids, offsets, spans))
-                        for ids, offsets, spans in zip(enc["input_ids"], enc["offset_mapping"], spans_list)]
-        kept = truncated_rows = tokens = trainable = dropped = 0
-        for ids, labels in labelled:
-            truncated = len(ids) > max_length
-            if truncated:
-                ids, labels = ids[:max_length], labels[:max_length]
-            # trainable labels after position 0 (label 0 is never a target), counted in C
-            n_train = len(labels) - labels.count(IGNORE_INDEX) - (bool(labels) and labels[0] != IGNORE_INDEX)
-            if n_train == 0:
-                dropped += 1
-                continue
-            kept += 1
-            truncated_rows += truncated
-            tokens += len(ids)
-            trainable += n_train
-            rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-        stats["kept"] += kept
-        stats["dropped_no_trainable"] += dropped
-        stats["truncated"] += truncated_rows
-        stats["tokens"] += tokens
-        stats["trainable_tokens"] += trainable
-
-    texts: list[str] = []
-    spans_list: list[list[tuple[int, int]]] = []
+    stats = new_stats()
     # The rows are acyclic (lists of ints in dicts), but every cyclic-GC pass walks all
     # rows kept so far: ~10% of the time on 20k rows. Off while encoding, then restored.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for record in records:
-            stats["records"] += 1
-            try:
-                segments = template.render_segments(record, eos)
-            except TemplateError:
-                stats["dropped_template"] += 1
-                continue
-            texts.append("".join([t for t, _ in segments]))
-            spans_list.append(_trainable_spans(segments))
-            if len(texts) >= batch_size:
-                flush(texts, spans_list)
-                texts, spans_list = [], []
-        flush(texts, spans_list)
+        rows = list(iter_encode(records, template, tokenizer, max_length, stats, batch_size))
     finally:
         if gc_was_enabled:
             gc.enable()
     return rows, stats
+
+
+def compare_tokenizers(records: Iterable[dict], template: Template, fast, slow, limit: int) -> dict:
+    """How many of the first ``limit`` renderable rows ``fast`` and ``slow`` encode differently
+    (the rendered training text, special tokens added); the first such row's id as an example."""
+    compared = differ = 0
+    example = None
+    for record in records:
+        if compared >= limit:
+            break
+        try:
+            text = template.render(record, fast.eos_token)
+        except TemplateError:
+            continue
+        compared += 1
+        if fast(text, add_special_tokens=True)["input_ids"] != slow(text, add_special_tokens=True)["input_ids"]:
+            differ += 1
+            example = example or record.get("id")
+    return {"rows_compared": compared, "rows_encoded_differently": differ, "first_differing_row": example}
 
 
 # --------------------------------------------------------------------------- packing
