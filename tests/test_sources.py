@@ -1,15 +1,19 @@
 """Source readers: registry, per-format normalization on the fixture mirror,
-oasst1 tree cases, SchemaError, Puffin string conversations, text chunking."""
+oasst1 tree cases, SchemaError, Puffin string conversations, text chunking, the
+generic conversations/instruction layouts, presets, option checks at recipe load."""
 from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from reprotune import sources
 from reprotune.sources import SchemaError
@@ -793,3 +797,73 @@ def test_preset_files_are_checked(tmp_path):
         with pytest.raises(sources.SourceError) as exc:
             preset_reader("p", write_preset(tmp_path, text), sources.get)
         assert str(exc.value).startswith(str(tmp_path / "p.yaml") + ": ") and message in str(exc.value), str(exc.value)
+
+
+# ============================================================================ recipe load
+REPO = Path(__file__).resolve().parents[1]
+FASHION = REPO / "recipes" / "fashiongpt-v1.1.yaml"
+
+
+def test_recipe_schema_takes_formats_and_options_from_the_registry():
+    from reprotune.recipe import _schema
+
+    entry = _schema("recipe")["properties"]["sources"]["additionalProperties"]
+    assert entry["properties"]["format"] == {"enum": sources.names()}
+    assert [(c["if"]["properties"]["format"]["const"], c["then"]["properties"]["options"]) for c in entry["allOf"]] == [
+        (name, sources.options_schema(name)) for name in sources.names()]
+
+
+BAD_OPTIONS = [
+    ("samantha", {"format": "conversations", "options": {"roles": {"human": "bot"}}},
+     "key 'sources.samantha.options.roles.human': 'bot' is not allowed (expected one of: 'user', 'assistant', 'system')"),
+    ("samantha", {"format": "conversations", "options": {"colour": 1}},
+     "unknown key 'sources.samantha.options.colour' (expected one of: content_key, field, id_key, keep, role_key, roles)"),
+    ("samantha", {"format": "conversations", "options": {"id_key": 3}},
+     "key 'sources.samantha.options.id_key': 3 has the wrong type (expected string or null)"),
+    ("samantha", {"format": "sharegpt", "options": {"field": "items"}},
+     "unknown key 'sources.samantha.options.field' (expected one of: id_key, key)"),
+    ("samantha", {"format": "instruction", "options": {"output": ""}},
+     "key 'sources.samantha.options.output': '' should be non-empty"),
+    ("misconception", {"options": {"category": 3}},
+     "key 'sources.misconception.options.category': 3 has the wrong type (expected null or string or array)"),
+    ("oasst1", {"options": {"select": "random"}},
+     "key 'sources.oasst1.options.select': 'random' is not allowed (expected one of: 'best', 'all_paths')"),
+    ("samantha", {"format": "tulu_v2", "options": {"key": "x"}},
+     "unknown key 'sources.samantha.options.key'"),
+]
+
+
+@pytest.mark.parametrize("source,change,expected", BAD_OPTIONS, ids=[e for _, _, e in BAD_OPTIONS])
+def test_recipe_load_checks_source_options(tmp_path, source, change, expected):
+    from reprotune.recipe import RecipeError, load_recipe
+
+    data = yaml.safe_load(FASHION.read_text())
+    data["sources"][source].update(change)
+    path = tmp_path / FASHION.name
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(path)
+    assert str(exc.value).startswith(f"{path}: {expected}"), str(exc.value)
+
+
+def test_recipe_load_accepts_generic_layouts(tmp_path):
+    from reprotune.recipe import load_recipe
+
+    data = yaml.safe_load(FASHION.read_text())
+    data["sources"]["samantha"].update(format="conversations", options={
+        "field": "conversations", "roles": {"human": "user", "gpt": "assistant"}, "id_key": "id"})
+    data["sources"]["airoboros"].update(format="instruction", options={"output": "response", "keep": {"category": None}})
+    path = tmp_path / FASHION.name
+    path.write_text(yaml.safe_dump(data))
+    assert load_recipe(path)["sources"]["samantha"]["format"] == "conversations"
+
+
+def test_cli_validate_names_the_option_key(tmp_path):
+    data = yaml.safe_load(FASHION.read_text())
+    data["sources"]["samantha"].update(format="conversations", options={"roles": {"human": "human"}})
+    path = tmp_path / FASHION.name
+    path.write_text(yaml.safe_dump(data))
+    r = subprocess.run([sys.executable, "-m", "reprotune", "validate", str(path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr == (f"reprotune: error: {path}: key 'sources.samantha.options.roles.human': 'human' is not "
+                        "allowed (expected one of: 'user', 'assistant', 'system')\n")
