@@ -25,6 +25,8 @@ OASST = ["OpenAssistant/oasst1/data/train-00000-of-00001-b42a775f407cee45.parque
          "OpenAssistant/oasst1/data/validation-00000-of-00001-134b8fd0c89408b6.parquet"]
 
 # source name -> (format, files, options)
+HERMES = "teknium/OpenHermes-2.5/openhermes2_5.json"
+
 FIXTURE_SOURCES = {
     "oasst1": ("oasst1", OASST, {}),
     "samantha": ("sharegpt", ["ehartford/samantha-data/samantha-1.1.json"], {"key": "conversations"}),
@@ -44,6 +46,7 @@ FIXTURE_SOURCES = {
     "c4": ("text", ["togethercomputer/RedPajama-Data-1T-Sample/c4_sample.jsonl"], {}),
     "wikipedia": ("text", ["togethercomputer/RedPajama-Data-1T-Sample/wikipedia_sample.jsonl"], {}),
     "fanfics": ("text", ["atom-in-the-universe/fanfics-10k-50k/data/train-00000-of-00001.parquet"], {}),
+    "openhermes": ("conversations", [HERMES], {"id_key": "id"}),
 }
 
 # source name -> (records, {reject reason: count}) with the options above
@@ -68,6 +71,8 @@ EXPECTED_COUNTS = {
     "c4": (40, {}),
     "wikipedia": (30, {}),
     "fanfics": (20, {}),
+    "openhermes": (32, {"bad_type": 1, "empty_conversation": 1, "last_not_assistant": 1, "null_field": 1,
+                        "system_not_first": 1, "unknown_role": 1}),
 }
 
 
@@ -305,6 +310,37 @@ def test_oasst1_fixture_records_and_all_paths():
     records, rejects = split(run("oasst1", lang=None, tree_state=None, review_result=None,
                                  drop_deleted=False, drop_synthetic=False))
     assert len(records) == 27 and rejects == {"no_assistant_reply": 1, "orphan": 1}
+
+
+def test_openhermes_with_the_conversations_layout():
+    outputs = run("openhermes")
+    out = by_id(outputs)
+    assert [o["id"] for o in outputs if "reason" in o] == [
+        "openhermes/13", "openhermes/17", "openhermes/21", "openhermes/25", "openhermes/29", "openhermes/33"]
+    assert out["openhermes/0"] == {
+        "id": "openhermes/0", "source": "openhermes",
+        "system": "You are an AI assistant that follows instruction extremely well. Help as much as you can.",
+        "messages": [{"role": "user", "content": "What is 12 times 6?"},
+                     {"role": "assistant", "content": "12 times 6 equals 72."}]}
+    # a ShareGPT-scraped row: its own id, float/null weights ignored, two rounds, no system turn
+    assert out["openhermes/008ad3c3a"]["system"] == ""
+    assert [m["content"] for m in out["openhermes/008ad3c3a"]["messages"]][1::2] == [
+        "Here is a simple way to organize a small event:\n1. Decide on a date, a place and a budget.\n"
+        "2. Send invitations at least two weeks ahead.\n3. Plan food, music and a simple schedule.\n"
+        "4. Ask two friends to help with setup and cleanup.\nTake your time with each step.",
+        "Bees communicate the location of flowers with a waggle dance. The old fisherman thought that the "
+        "broken clock looked patient and noisy early in the morning."]
+    assert out["openhermes/77787563f#2"]["messages"] == out["openhermes/77787563f"]["messages"]  # repeated id
+    assert sum(bool(o.get("system")) for o in outputs) == 15
+    assert out["openhermes/17"] == {
+        "id": "openhermes/17", "source": "openhermes", "reason": "bad_type",
+        "row": {"conversations": [{"from": "human", "value": "What are the steps to prepare for a job interview?"},
+                                  {"from": "gpt", "value": 42}],
+                "source": "CamelAI", "topic": "Biologist_RoleType.ASSISTANT", "category": "Zoology"}}
+    assert out["openhermes/13"]["row"]["conversations"][-1] == {"from": "tool", "value": '{"result": 42}'}
+    assert out["openhermes/25"]["row"]["conversations"][1] == {"from": "system", "value": "Answer in French."}
+    # the sharegpt preset maps these rows the same way
+    assert list(sources.get("sharegpt")([HUB / HERMES], {}, "openhermes")) == outputs
 
 
 # ============================================================================ oasst1 trees
