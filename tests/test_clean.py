@@ -149,3 +149,26 @@ def test_record_line_is_jsonl_line():
             assert record_line(v) == expected, v
             checked += 1
     assert checked > 800
+
+
+def test_openhermes_clean_source_counts(tmp_path):
+    """The OpenHermes-2.5 fixture through the generic conversations layout and content filters."""
+    hub_file = Path(__file__).resolve().parents[1] / "fixtures/hub/datasets/teknium/OpenHermes-2.5/openhermes2_5.json"
+    raw = _raw_dir(tmp_path, "openhermes", {"openhermes2_5.json": hub_file.read_bytes()})
+    spec = {"name": "openhermes", "format": "conversations", "files": ["openhermes2_5.json"],
+            "options": {"id_key": "id"},
+            "filters": [{"name": "empty_turns"}, {"name": "refusals"}, {"name": "exact_dedup"}]}
+    report = clean_source(spec, raw, tmp_path / "clean")
+    assert report == {
+        "source": "openhermes", "format": "conversations", "files": ["openhermes2_5.json"], "rows_read": 38,
+        "reader_rejects": {"bad_type": 1, "empty_conversation": 1, "last_not_assistant": 1, "null_field": 1,
+                           "system_not_first": 1, "unknown_role": 1},
+        "filters": [{"name": "empty_turns", "in": 32, "out": 31, "dropped": 1},
+                    {"name": "refusals", "in": 31, "out": 30, "dropped": 1},
+                    {"name": "exact_dedup", "in": 30, "out": 28, "dropped": 2}],
+        "rows_kept": 28,
+    }
+    rejects = list(read_jsonl(tmp_path / "clean" / "rejects.jsonl"))
+    assert [(r["id"], r["reason"]) for r in rejects][6:] == [
+        ("openhermes/4", "filter:refusals"), ("openhermes/9", "filter:empty_turns"),
+        ("openhermes/36", "filter:exact_dedup"), ("openhermes/77787563f#2", "filter:exact_dedup")]

@@ -37,6 +37,7 @@ ROW_COUNTS = {
     "datasets/psmathur/alpaca_orca/alpaca_orca.json": 50,
     "datasets/psmathur/dolly-v2_orca/dolly-v2_orca.json": 51,
     "datasets/shahules786/orca-chat/orca-chat-gpt4.json": 50,
+    "datasets/teknium/OpenHermes-2.5/openhermes2_5.json": 38,
     "datasets/togethercomputer/RedPajama-Data-1T-Sample/c4_sample.jsonl": 40,
     "datasets/togethercomputer/RedPajama-Data-1T-Sample/wikipedia_sample.jsonl": 30,
 }
@@ -215,6 +216,26 @@ def test_instruction_datasets_dirty_cases():
                 "psmathur/WizardLM_Orca/wizardlm_orca.json"):
         rows = json.loads((D / rel).read_text())
         assert all(set(r) <= {"system", "instruction", "input", "output"} for r in rows)
+
+
+HERMES_KEYS = {"custom_instruction", "topic", "model_name", "model", "skip_prompt_formatting", "category",
+               "conversations", "views", "language", "id", "title", "idx", "hash", "avatarUrl", "system_prompt",
+               "source"}
+
+
+def test_openhermes_schema_and_dirty_cases():
+    rows = json.loads((D / "teknium/OpenHermes-2.5/openhermes2_5.json").read_text())
+    assert all({"conversations", "source"} <= set(r) <= HERMES_KEYS for r in rows)
+    assert sum(set(r) == HERMES_KEYS for r in rows) == 6                     # ShareGPT-scraped rows: every key
+    assert sum(r.get("id") is not None for r in rows) == 6                   # id mostly absent or null
+    turns = [t for r in rows for t in r["conversations"]]
+    assert all(set(t) in ({"from", "value"}, {"from", "value", "weight"}) for t in turns)
+    assert {t["weight"] for t in turns if "weight" in t} == {None, 0.0, 1.0}
+    assert Counter(t["from"] for t in turns) == {"human": 43, "gpt": 42, "system": 19, "tool": 1}
+    assert sum(bool(r["conversations"]) and r["conversations"][0]["from"] == "system" for r in rows) == 18
+    assert sum(r["conversations"] == [] for r in rows) == 1
+    assert sum(not isinstance(t["value"], str) for t in turns) == 2          # an int and a null
+    assert len({json.dumps(r, sort_keys=True) for r in rows}) == 36          # two exact duplicates
 
 
 def test_text_datasets():

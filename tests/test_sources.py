@@ -1,15 +1,19 @@
 """Source readers: registry, per-format normalization on the fixture mirror,
-oasst1 tree cases, SchemaError, Puffin string conversations, text chunking."""
+oasst1 tree cases, SchemaError, Puffin string conversations, text chunking, the
+generic conversations/instruction layouts, presets, option checks at recipe load."""
 from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from reprotune import sources
 from reprotune.sources import SchemaError
@@ -21,6 +25,8 @@ OASST = ["OpenAssistant/oasst1/data/train-00000-of-00001-b42a775f407cee45.parque
          "OpenAssistant/oasst1/data/validation-00000-of-00001-134b8fd0c89408b6.parquet"]
 
 # source name -> (format, files, options)
+HERMES = "teknium/OpenHermes-2.5/openhermes2_5.json"
+
 FIXTURE_SOURCES = {
     "oasst1": ("oasst1", OASST, {}),
     "samantha": ("sharegpt", ["ehartford/samantha-data/samantha-1.1.json"], {"key": "conversations"}),
@@ -40,6 +46,7 @@ FIXTURE_SOURCES = {
     "c4": ("text", ["togethercomputer/RedPajama-Data-1T-Sample/c4_sample.jsonl"], {}),
     "wikipedia": ("text", ["togethercomputer/RedPajama-Data-1T-Sample/wikipedia_sample.jsonl"], {}),
     "fanfics": ("text", ["atom-in-the-universe/fanfics-10k-50k/data/train-00000-of-00001.parquet"], {}),
+    "openhermes": ("conversations", [HERMES], {"id_key": "id"}),
 }
 
 # source name -> (records, {reject reason: count}) with the options above
@@ -64,6 +71,8 @@ EXPECTED_COUNTS = {
     "c4": (40, {}),
     "wikipedia": (30, {}),
     "fanfics": (20, {}),
+    "openhermes": (32, {"bad_type": 1, "empty_conversation": 1, "last_not_assistant": 1, "null_field": 1,
+                        "system_not_first": 1, "unknown_role": 1}),
 }
 
 
@@ -85,15 +94,16 @@ def split(outputs):
 
 # ============================================================================ registry
 def test_registry_names_and_get():
-    assert sources.names() == ["airoboros", "dolphin", "oasst1", "openorca", "orca_chat", "orca_mini",
-                               "platypus", "sharegpt", "text", "tulu_v2"]
+    assert sources.names() == ["airoboros", "conversations", "dolphin", "instruction", "oasst1", "openorca",
+                               "orca_chat", "orca_mini", "platypus", "sharegpt", "text", "tulu_v2"]
     for name in sources.names():
         assert callable(sources.get(name))
     with pytest.raises(KeyError) as exc:
         sources.get("alpaca")
     msg = str(exc.value)
     assert "unknown source format 'alpaca'" in msg
-    assert "known formats: airoboros, dolphin, oasst1, openorca, orca_chat, orca_mini, platypus, sharegpt, text, tulu_v2" in msg
+    assert ("known formats: airoboros, conversations, dolphin, instruction, oasst1, openorca, orca_chat, orca_mini, "
+            "platypus, sharegpt, text, tulu_v2") in msg
 
 
 def test_register_rejects_duplicate_names():
@@ -300,6 +310,37 @@ def test_oasst1_fixture_records_and_all_paths():
     records, rejects = split(run("oasst1", lang=None, tree_state=None, review_result=None,
                                  drop_deleted=False, drop_synthetic=False))
     assert len(records) == 27 and rejects == {"no_assistant_reply": 1, "orphan": 1}
+
+
+def test_openhermes_with_the_conversations_layout():
+    outputs = run("openhermes")
+    out = by_id(outputs)
+    assert [o["id"] for o in outputs if "reason" in o] == [
+        "openhermes/13", "openhermes/17", "openhermes/21", "openhermes/25", "openhermes/29", "openhermes/33"]
+    assert out["openhermes/0"] == {
+        "id": "openhermes/0", "source": "openhermes",
+        "system": "You are an AI assistant that follows instruction extremely well. Help as much as you can.",
+        "messages": [{"role": "user", "content": "What is 12 times 6?"},
+                     {"role": "assistant", "content": "12 times 6 equals 72."}]}
+    # a ShareGPT-scraped row: its own id, float/null weights ignored, two rounds, no system turn
+    assert out["openhermes/008ad3c3a"]["system"] == ""
+    assert [m["content"] for m in out["openhermes/008ad3c3a"]["messages"]][1::2] == [
+        "Here is a simple way to organize a small event:\n1. Decide on a date, a place and a budget.\n"
+        "2. Send invitations at least two weeks ahead.\n3. Plan food, music and a simple schedule.\n"
+        "4. Ask two friends to help with setup and cleanup.\nTake your time with each step.",
+        "Bees communicate the location of flowers with a waggle dance. The old fisherman thought that the "
+        "broken clock looked patient and noisy early in the morning."]
+    assert out["openhermes/77787563f#2"]["messages"] == out["openhermes/77787563f"]["messages"]  # repeated id
+    assert sum(bool(o.get("system")) for o in outputs) == 15
+    assert out["openhermes/17"] == {
+        "id": "openhermes/17", "source": "openhermes", "reason": "bad_type",
+        "row": {"conversations": [{"from": "human", "value": "What are the steps to prepare for a job interview?"},
+                                  {"from": "gpt", "value": 42}],
+                "source": "CamelAI", "topic": "Biologist_RoleType.ASSISTANT", "category": "Zoology"}}
+    assert out["openhermes/13"]["row"]["conversations"][-1] == {"from": "tool", "value": '{"result": 42}'}
+    assert out["openhermes/25"]["row"]["conversations"][1] == {"from": "system", "value": "Answer in French."}
+    # the sharegpt preset maps these rows the same way
+    assert list(sources.get("sharegpt")([HUB / HERMES], {}, "openhermes")) == outputs
 
 
 # ============================================================================ oasst1 trees
@@ -612,3 +653,253 @@ def test_unique_ids_digest_collision_keeps_ids_unique(monkeypatch):
     out = [ids(x) for x in ["x", "y", "x", "y", "z"]]
     assert out == ["x", "y#2", "x#2", "y#3", "z#2"]
     assert len(set(out)) == len(out)
+
+
+# ============================================================================ generic layouts
+def test_generic_layout_defaults():
+    assert sources.defaults("conversations") == {
+        "field": "conversations", "role_key": "from", "content_key": "value",
+        "roles": {"human": "user", "gpt": "assistant", "system": "system"}, "id_key": None, "keep": {}}
+    assert sources.defaults("instruction") == {"instruction": "instruction", "input": None, "output": "output",
+                                               "system": None, "id_key": None, "keep": {}}
+
+
+def test_conversations_layout_from_options(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    rows = [
+        {"uid": "a", "chat": [{"speaker": "SYS", "text": "Be brief."}, {"speaker": "Q", "text": "hi"},
+                              {"speaker": " a ", "text": "hello", "score": 1.0}]},
+        {"uid": "b", "chat": '[{"speaker": "q", "text": "2+2?"}, {"speaker": "a", "text": "4"}]'},
+        {"uid": "c", "chat": '[{"speaker": "q", "text": "2+2?"'},
+        {"uid": "d", "chat": [{"speaker": "q", "text": "x"}, {"speaker": "tool", "text": "{}"}]},
+        {"uid": "e", "chat": [{"speaker": "q", "text": "x"}, {"speaker": "a", "text": ["y"]}]},
+        {"uid": "f", "chat": [{"speaker": "q", "text": "x"}, {"speaker": "sys", "text": "late"},
+                              {"speaker": "a", "text": "y"}]},
+        {"uid": "g", "chat": [{"speaker": 7, "text": "x"}]},
+        {"uid": "h", "chat": []},
+        {"chat": [{"speaker": "q", "text": "no id"}, {"speaker": "a", "text": "index id"}]},
+        {"uid": "j", "chat": None},
+        {"uid": "k"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    options = {"field": "chat", "role_key": "speaker", "content_key": "text", "id_key": "uid",
+               "roles": {"q": "user", "a": "assistant", "sys": "system"}}
+    out = list(sources.get("conversations")([path], options, "c"))
+    assert [(o["id"], o.get("reason")) for o in out] == [
+        ("c/a", None), ("c/b", None), ("c/c", "bad_json"), ("c/d", "unknown_role"), ("c/e", "bad_type"),
+        ("c/f", "system_not_first"), ("c/g", "bad_type"), ("c/h", "empty_conversation"), ("c/8", None),
+        ("c/j", "null_field"), ("c/k", "missing_field")]
+    assert out[0] == {"id": "c/a", "source": "c", "system": "Be brief.",
+                      "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    assert out[1]["messages"] == [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    assert out[2]["row"] == {"uid": "c", "chat": '[{"speaker": "q", "text": "2+2?"'}
+    # the default roles (human/gpt/system) know none of these roles
+    default_roles = {k: v for k, v in options.items() if k != "roles"}
+    assert {o.get("reason") for o in sources.get("conversations")([path], default_roles, "c")} == {
+        "unknown_role", "bad_json", "bad_type", "empty_conversation", "null_field", "missing_field"}
+
+
+def test_conversations_keep_and_parquet_reads_every_column(tmp_path):
+    path = tmp_path / "rows.parquet"
+    turns = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
+    pq.write_table(pa.Table.from_pylist([
+        {"conversations": [{"from": "human", "value": "q1"}, {"from": "gpt", "value": "a1"}], "src": "x", "n": 1},
+        {"conversations": [{"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2"}], "src": "y", "n": 2},
+        {"conversations": [{"from": "human", "value": "q3"}], "src": "x", "n": 3},
+    ], schema=pa.schema([("conversations", turns), ("src", pa.string()), ("n", pa.int64())])), path)
+    out = list(sources.get("conversations")([path], {"keep": {"src": "x"}}, "p"))
+    assert [(o["id"], o.get("reason")) for o in out] == [("p/0", None), ("p/1", "src"), ("p/2", "last_not_assistant")]
+    assert out[1]["row"] == {"conversations": [{"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2"}],
+                             "src": "y", "n": 2}
+    with pytest.raises(SchemaError, match=r"missing columns \['turns'\]; unexpected columns \['conversations', 'n'\]"):
+        list(sources.get("conversations")([path], {"field": "turns", "keep": {"src": None}}, "p"))
+
+
+def test_instruction_layout_from_options(tmp_path):
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({
+        "key": ["r1", "r2", "r3", None, "r5"],
+        "prompt": ["Sum 2 and 3.", "Translate.", None, "Name a color.", "Why?"],
+        "context": ["", "Bonjour", "", None, ""],
+        "answer": ["5", "Hello", "x", "Blue", "Because."],
+        "persona": ["You add.", None, "", "", "Be kind."],
+        "lang": ["en", "fr", "en", "en", "de"],
+    }), path)
+    options = {"instruction": "prompt", "input": "context", "output": "answer", "system": "persona",
+               "id_key": "key", "keep": {"lang": ["en", "fr"]}}
+    out = list(sources.get("instruction")([path], options, "i"))
+    assert out == [
+        {"id": "i/r1", "source": "i", "system": "You add.",
+         "messages": [{"role": "user", "content": "Sum 2 and 3."}, {"role": "assistant", "content": "5"}]},
+        {"id": "i/r2", "source": "i", "system": "", "input": "Bonjour",
+         "messages": [{"role": "user", "content": "Translate."}, {"role": "assistant", "content": "Hello"}]},
+        {"id": "i/r3", "source": "i", "reason": "null_field",
+         "row": {"key": "r3", "prompt": None, "context": "", "answer": "x", "persona": "", "lang": "en"}},
+        {"id": "i/3", "source": "i", "system": "",
+         "messages": [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "Blue"}]},
+        {"id": "i/r5", "source": "i", "reason": "lang",
+         "row": {"key": "r5", "prompt": "Why?", "context": "", "answer": "Because.", "persona": "Be kind.", "lang": "de"}},
+    ]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"prompt": "q", "answer": "a", "persona": 3}, {"prompt": "q", "answer": "a"}]))
+    assert [(o["id"], o.get("reason"), o.get("system")) for o in sources.get("instruction")([bad], options, "b")] == [
+        ("b/0", "bad_type", None), ("b/1", "lang", None)]  # a row without the keep column is a reject
+    no_keep = {**options, "keep": {}}
+    assert [(o["id"], o.get("reason"), o.get("system")) for o in sources.get("instruction")([bad], no_keep, "b")] == [
+        ("b/0", "bad_type", None), ("b/1", None, "")]
+
+
+def test_generic_option_errors_are_one_line():
+    cases = [
+        ("conversations", {"roles": {"human": "bot"}}, "conversations: option 'roles.human': 'bot' is not one of"),
+        ("conversations", {"roles": {"Human": "user"}}, "conversations: option 'roles': 'Human' does not match"),
+        ("conversations", {"field": 3}, "conversations: option 'field': 3 is not of type 'string'"),
+        ("conversations", {"turns": "x"}, "conversations: unknown option(s) ['turns']; known options: ['content_key',"),
+        ("instruction", {"input": ""}, "instruction: option 'input': '' should be non-empty"),
+        ("instruction", {"keep": {"lang": 3}}, "instruction: option 'keep.lang': 3 is not of type 'null', 'string', 'array'"),
+        ("sharegpt", {"field": "items"}, "sharegpt: unknown option(s) ['field']; known options: ['id_key', 'key']"),
+        ("sharegpt", {"key": ""}, "sharegpt: option 'key': '' should be non-empty"),
+        ("airoboros", {"category": [1]}, "airoboros: option 'category.0': 1 is not of type 'string'"),
+        ("text", {"max_chunk_size": 0}, "text: option 'max_chunk_size': 0 is less than the minimum of 1"),
+    ]
+    for fmt, options, message in cases:
+        with pytest.raises(sources.SourceError) as exc:
+            list(sources.get(fmt)([], options, "s"))
+        assert str(exc.value).startswith(message), str(exc.value)
+        assert "\n" not in str(exc.value)
+
+
+# ============================================================================ presets
+PRESETS = {
+    "sharegpt": ("conversations", {"field": "conversations", "role_key": "from", "content_key": "value",
+                                   "id_key": "id", "keep": {},
+                                   "roles": {"human": "user", "user": "user", "prompter": "user", "gpt": "assistant",
+                                             "assistant": "assistant", "chatgpt": "assistant", "system": "system"}}),
+    "tulu_v2": ("conversations", {"field": "messages", "role_key": "role", "content_key": "content", "id_key": "id",
+                                  "keep": {}, "roles": {"user": "user", "assistant": "assistant", "system": "system"}}),
+    "airoboros": ("instruction", {"instruction": "instruction", "input": None, "output": "response", "system": None,
+                                  "id_key": None, "keep": {"category": None}}),
+    "platypus": ("instruction", {"instruction": "instruction", "input": "input", "output": "output", "system": None,
+                                 "id_key": None, "keep": {}}),
+    "dolphin": ("instruction", {"instruction": "input", "input": None, "output": "output", "system": "instruction",
+                                "id_key": None, "keep": {}}),
+    "orca_mini": ("instruction", {"instruction": "instruction", "input": "input", "output": "output",
+                                  "system": "system", "id_key": None, "keep": {}}),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_are_config_over_a_generic_layout(preset):
+    """Each preset reads its fixtures exactly as its base format with the preset's options."""
+    base, options = PRESETS[preset]
+    reader = sources.get(preset)
+    assert reader.base_format == base and reader.description
+    names = [n for n, (fmt, _, _) in FIXTURE_SOURCES.items() if fmt == preset]
+    assert names
+    for name in names:
+        _, files, opts = FIXTURE_SOURCES[name]
+        merged = dict(options)
+        if preset == "sharegpt":
+            merged["field"] = opts.get("key", "conversations")
+        if preset == "airoboros":
+            merged["keep"] = {"category": opts.get("category")}
+        assert run(name) == list(sources.get(base)([HUB / f for f in files], merged, name))
+
+
+def write_preset(tmp_path, text: str) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_preset_files_are_checked(tmp_path):
+    from reprotune.sources._presets import preset_reader
+
+    good = "description: d\nformat: conversations\noptions: {field: items}\nparams: {key: field, only: keep.source}\n"
+    with pytest.raises(sources.SourceError, match=r"p.yaml: key 'params.only': 'keep.source' is not an option of "
+                                                  r"'conversations' set by the preset's options"):
+        preset_reader("p", write_preset(tmp_path, good), sources.get)
+    reader = preset_reader("p", write_preset(tmp_path, good.replace("{field: items}", "{field: items, keep: {source: x}}")),
+                           sources.get)
+    assert reader.options_schema["properties"]["only"]["default"] == "x"
+    assert {k: p["default"] for k, p in reader.options_schema["properties"].items()} == {"key": "items", "only": "x"}
+    for text, message in [
+        ("format: conversations\n", "key 'description' is a required property"),
+        ("description: d\nformat: csv\n", "key 'format': unknown source format 'csv'"),
+        ("description: d\nformat: sharegpt\n", "key 'format': 'sharegpt' is not a reader module"),
+        ("description: d\nformat: instruction\noptions: {outpt: x}\n", "unknown option(s) ['outpt']"),
+        ("description: d\nformat: instruction\nparams: {x: 3}\n", "key 'params.x': 3 is not of type 'string'"),
+    ]:
+        with pytest.raises(sources.SourceError) as exc:
+            preset_reader("p", write_preset(tmp_path, text), sources.get)
+        assert str(exc.value).startswith(str(tmp_path / "p.yaml") + ": ") and message in str(exc.value), str(exc.value)
+
+
+# ============================================================================ recipe load
+REPO = Path(__file__).resolve().parents[1]
+FASHION = REPO / "recipes" / "fashiongpt-v1.1.yaml"
+
+
+def test_recipe_schema_takes_formats_and_options_from_the_registry():
+    from reprotune.recipe import _schema
+
+    entry = _schema("recipe")["properties"]["sources"]["additionalProperties"]
+    assert entry["properties"]["format"] == {"enum": sources.names()}
+    assert [(c["if"]["properties"]["format"]["const"], c["then"]["properties"]["options"]) for c in entry["allOf"]] == [
+        (name, sources.options_schema(name)) for name in sources.names()]
+
+
+BAD_OPTIONS = [
+    ("samantha", {"format": "conversations", "options": {"roles": {"human": "bot"}}},
+     "key 'sources.samantha.options.roles.human': 'bot' is not allowed (expected one of: 'user', 'assistant', 'system')"),
+    ("samantha", {"format": "conversations", "options": {"colour": 1}},
+     "unknown key 'sources.samantha.options.colour' (expected one of: content_key, field, id_key, keep, role_key, roles)"),
+    ("samantha", {"format": "conversations", "options": {"id_key": 3}},
+     "key 'sources.samantha.options.id_key': 3 has the wrong type (expected string or null)"),
+    ("samantha", {"format": "sharegpt", "options": {"field": "items"}},
+     "unknown key 'sources.samantha.options.field' (expected one of: id_key, key)"),
+    ("samantha", {"format": "instruction", "options": {"output": ""}},
+     "key 'sources.samantha.options.output': '' should be non-empty"),
+    ("misconception", {"options": {"category": 3}},
+     "key 'sources.misconception.options.category': 3 has the wrong type (expected null or string or array)"),
+    ("oasst1", {"options": {"select": "random"}},
+     "key 'sources.oasst1.options.select': 'random' is not allowed (expected one of: 'best', 'all_paths')"),
+    ("samantha", {"format": "tulu_v2", "options": {"key": "x"}},
+     "unknown key 'sources.samantha.options.key'"),
+]
+
+
+@pytest.mark.parametrize("source,change,expected", BAD_OPTIONS, ids=[e for _, _, e in BAD_OPTIONS])
+def test_recipe_load_checks_source_options(tmp_path, source, change, expected):
+    from reprotune.recipe import RecipeError, load_recipe
+
+    data = yaml.safe_load(FASHION.read_text())
+    data["sources"][source].update(change)
+    path = tmp_path / FASHION.name
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(path)
+    assert str(exc.value).startswith(f"{path}: {expected}"), str(exc.value)
+
+
+def test_recipe_load_accepts_generic_layouts(tmp_path):
+    from reprotune.recipe import load_recipe
+
+    data = yaml.safe_load(FASHION.read_text())
+    data["sources"]["samantha"].update(format="conversations", options={
+        "field": "conversations", "roles": {"human": "user", "gpt": "assistant"}, "id_key": "id"})
+    data["sources"]["airoboros"].update(format="instruction", options={"output": "response", "keep": {"category": None}})
+    path = tmp_path / FASHION.name
+    path.write_text(yaml.safe_dump(data))
+    assert load_recipe(path)["sources"]["samantha"]["format"] == "conversations"
+
+
+def test_cli_validate_names_the_option_key(tmp_path):
+    data = yaml.safe_load(FASHION.read_text())
+    data["sources"]["samantha"].update(format="conversations", options={"roles": {"human": "human"}})
+    path = tmp_path / FASHION.name
+    path.write_text(yaml.safe_dump(data))
+    r = subprocess.run([sys.executable, "-m", "reprotune", "validate", str(path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr == (f"reprotune: error: {path}: key 'sources.samantha.options.roles.human': 'human' is not "
+                        "allowed (expected one of: 'user', 'assistant', 'system')\n")

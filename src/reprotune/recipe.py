@@ -32,7 +32,23 @@ class RecipeError(ValueError):
 @lru_cache(maxsize=None)
 def _schema(name: str) -> dict:
     with open(SCHEMA_DIR / f"{name}.schema.yaml", encoding="utf-8") as f:
-        return yaml.safe_load(f)
+        schema = yaml.safe_load(f)
+    if name == "recipe":
+        _add_source_formats(schema["properties"]["sources"]["additionalProperties"])
+    return schema
+
+
+def _add_source_formats(source_schema: dict) -> None:
+    """``sources.<name>.format`` and ``.options`` come from the sources registry (the one
+    place formats are defined: modules and presets): the format enum, and per format an
+    if/then that validates ``options`` against that reader's options schema."""
+    from reprotune import sources
+
+    source_schema["properties"]["format"] = {"enum": sources.names()}
+    source_schema["allOf"] = [
+        {"if": {"properties": {"format": {"const": fmt}}, "required": ["format"]},
+         "then": {"properties": {"options": sources.options_schema(fmt)}}}
+        for fmt in sources.names()]
 
 
 def _key_path(path) -> str:

@@ -1,5 +1,15 @@
 """Source readers registry: ``format`` name -> reader function.
 
+Three kinds of formats, one namespace (``names()``):
+
+- generic layouts, configured by options: ``conversations`` (a column of role/content
+  turns, ShareGPT style) and ``instruction`` (instruction/input/output/system columns);
+- presets: ``presets/<name>.yaml``, pure config naming a generic layout and its
+  options (``sharegpt``, ``tulu_v2``, ``airoboros``, ``platypus``, ``dolphin``,
+  ``orca_mini``; see ``_presets.py``);
+- reader modules with logic of their own: ``oasst1`` (trees), ``orca_chat``
+  (input/output pairs), ``openorca`` (id prefixes), ``text`` (chunking).
+
 A reader has the signature ``read(files, options=None, source=None)`` and yields,
 in a deterministic order, either normalized records
 
@@ -11,11 +21,14 @@ or, for plain-text formats, ``{"id", "source", "text"}``, or rejects
     {"id", "source", "reason": "<snake_case>", "row": <raw row excerpt>}.
 
 ``source`` defaults to the format name; ``options`` are validated against the
-reader's ``defaults`` (unknown option -> ValueError). A file that does not match
-the format at all raises :class:`SchemaError`.
+reader's ``options_schema`` (a JSON schema whose properties carry the defaults;
+an unknown or invalid option raises :class:`SourceError`, one line). The recipe
+schema takes the format enum and each format's options schema from here at load
+(``reprotune.recipe``). A file that does not match the format at all raises
+:class:`SchemaError`.
 
-One module per format lives next to this file; every non-underscore module is
-imported here so that its ``@register`` runs.
+Both folders are scanned at import: every non-underscore module next to this file
+(its ``@register`` runs) and every ``presets/*.yaml``; adding a format is one file.
 """
 from __future__ import annotations
 
@@ -25,11 +38,13 @@ import pkgutil
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ._common import SchemaError
+from ._common import SchemaError, SourceError, option_defaults
+from ._presets import preset_reader
 
 Reader = Callable[..., Iterator[dict]]
 
 _REGISTRY: dict[str, Reader] = {}
+PRESETS_DIR = Path(__file__).parent / "presets"
 
 
 def register(name: str) -> Callable[[Reader], Reader]:
@@ -59,9 +74,14 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def options_schema(name: str) -> dict:
+    """The JSON schema of format ``name``'s options (a copy; any object for a reader without one)."""
+    return copy.deepcopy(getattr(get(name), "options_schema", {"type": "object"}))
+
+
 def defaults(name: str) -> dict:
-    """Default options of format ``name`` (a copy)."""
-    return copy.deepcopy(getattr(get(name), "defaults", {}))
+    """Default options of format ``name``."""
+    return option_defaults(options_schema(name))
 
 
 def read(fmt: str, files, options: dict | None = None, source: str | None = None) -> Iterator[dict]:
@@ -75,6 +95,12 @@ def _import_formats() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
-_import_formats()
+def _load_presets() -> None:
+    for path in sorted(PRESETS_DIR.glob("*.yaml")):
+        register(path.stem)(preset_reader(path.stem, path, get))
 
-__all__ = ["SchemaError", "register", "get", "names", "defaults", "read"]
+
+_import_formats()
+_load_presets()
+
+__all__ = ["SchemaError", "SourceError", "register", "get", "names", "options_schema", "defaults", "read"]

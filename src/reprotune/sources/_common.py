@@ -1,4 +1,4 @@
-"""Shared plumbing for the source readers: file iteration, rejects, turn normalization.
+"""Shared plumbing for the source readers: options, file iteration, rejects, turn normalization.
 
 Readers only normalize *structure* (roles, system prompts, nesting). Content
 filtering (refusals, duplicates, empty turns, length) belongs to ``filters.py``.
@@ -8,10 +8,12 @@ snake_case reason; only a file that does not look like the format at all raises
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
+import jsonschema
 import pyarrow.parquet as pq
 
 from ..filters import HashSet64, digest64
@@ -20,13 +22,13 @@ MAX_STR = 500      # characters kept per string in a reject's "row"
 MAX_ITEMS = 50     # items kept per list in a reject's "row"
 BATCH_ROWS = 1024  # parquet rows per streamed batch
 
-USER_ROLES = frozenset({"human", "user", "prompter"})
-ASSISTANT_ROLES = frozenset({"gpt", "assistant", "chatgpt"})
-SYSTEM_ROLES = frozenset({"system"})
-
 
 class SchemaError(ValueError):
     """A file whose columns/keys do not match the reader's format (one-line message)."""
+
+
+class SourceError(ValueError):
+    """Bad reader options or a bad preset file (one-line message)."""
 
 
 class RowError(Exception):
@@ -38,32 +40,69 @@ class RowError(Exception):
 
 
 # ----------------------------------------------------------------------------- options
-def merge_options(fmt: str, options: dict | None, defaults: dict) -> dict:
+def option_defaults(schema: dict) -> dict:
+    """A reader's default options: the ``default`` of each property of its options schema."""
+    return {k: copy.deepcopy(p.get("default")) for k, p in schema.get("properties", {}).items()}
+
+
+def merge_options(fmt: str, options: dict | None, schema: dict) -> dict:
+    """``options`` over the schema's defaults. Unknown options and values the options
+    schema (JSON schema, one per reader) rejects raise SourceError with one line."""
     options = dict(options or {})
-    unknown = sorted(set(options) - set(defaults))
+    known = sorted(schema.get("properties", {}))
+    unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ValueError(
-            f"{fmt}: unknown option(s) {unknown}; known options: {sorted(defaults)}"
-        )
-    merged = dict(defaults)
-    merged.update(options)
-    return merged
+        raise SourceError(f"{fmt}: unknown option(s) {unknown}; known options: {known}")
+    problem = schema_problem(schema, options)
+    if problem:
+        raise SourceError(f"{fmt}: option {problem}")
+    return {**option_defaults(schema), **options}
 
 
-def as_str_list(value: Any, fmt: str, name: str) -> list[str] | None:
-    """Option that may be null, a string or a list of strings."""
-    if value is None:
+def schema_problem(schema: dict, data: Any) -> str | None:
+    """``"'<key path>': <what is wrong>"`` (just what is wrong at the top level) for the
+    first problem of ``data`` under the JSON schema ``schema``, None if it is valid."""
+    err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
+    if err is None:
         return None
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise ValueError(f"{fmt}: option {name!r} must be null, a string or a list of strings")
+    where = ".".join(str(p) for p in err.absolute_path)
+    return f"'{where}': {err.message}" if where else err.message
+
+
+# JSON schema of an option that may be null, a string or a list of strings (see as_str_list)
+STR_LIST_OR_NULL = {"type": ["null", "string", "array"], "items": {"type": "string"}}
+
+
+def as_str_list(value: Any) -> list[str] | None:
+    """An option of schema STR_LIST_OR_NULL as None or a list of strings."""
+    return [value] if isinstance(value, str) else value
 
 
 def sorted_files(files: Iterable[Path | str]) -> list[Path]:
     """Deterministic file order regardless of how a glob listed them."""
     return sorted((Path(f) for f in files), key=lambda p: str(p))
+
+
+# ----------------------------------------------------------------------------- generic layout options
+# options both generic layouts (conversations, instruction) take
+COLUMN = {"type": "string", "minLength": 1}
+ID_KEY = {"type": ["string", "null"], "minLength": 1, "default": None,
+          "description": "column holding the row id (null, or no usable value: the row index)"}
+KEEP = {"type": "object", "additionalProperties": STR_LIST_OR_NULL, "default": {},
+        "description": "column -> value or list of values: rows whose column holds none of them "
+                       "are rejects with the column's name as reason (null: every row)"}
+
+
+def keep_check(keep: dict) -> Callable[[dict], None]:
+    """The row check of option ``keep`` (see KEEP): raises RowError(<column>)."""
+    rules = [(column, tuple(as_str_list(values))) for column, values in keep.items() if values is not None]
+
+    def check(row: dict) -> None:
+        for column, allowed in rules:
+            if row.get(column) not in allowed:
+                raise RowError(column)
+
+    return check
 
 
 # ----------------------------------------------------------------------------- output
@@ -153,25 +192,20 @@ def row_id(row: dict, key: str | None, index: int) -> str:
 
 
 # ----------------------------------------------------------------------------- turns
-def map_role(role: Any) -> str:
-    if not isinstance(role, str):
-        raise RowError("bad_type")
-    r = role.strip().lower()
-    if r in USER_ROLES:
-        return "user"
-    if r in ASSISTANT_ROLES:
-        return "assistant"
-    if r in SYSTEM_ROLES:
-        return "system"
-    raise RowError("unknown_role")
+def role_map(roles: dict[str, str]) -> dict[str, str]:
+    """Option ``roles`` (raw role -> user|assistant|system) keyed the way
+    :func:`normalize_turns` looks roles up: stripped and lower-cased."""
+    return {k.strip().lower(): v for k, v in roles.items()}
 
 
-def normalize_turns(turns: Any, role_key: str, content_key: str) -> tuple[str, list[dict]]:
+def normalize_turns(turns: Any, role_key: str, content_key: str, roles: dict[str, str]) -> tuple[str, list[dict]]:
     """Raw role/content turns -> (system, alternating user/assistant messages).
 
-    A leading system turn becomes the system prompt; anything that breaks the
-    contract (first turn not user, two turns of one role in a row, last turn not
-    assistant, system turn later on) raises RowError with the reason.
+    ``roles`` (from :func:`role_map`) maps a turn's stripped, lower-cased role to
+    user/assistant/system; any other role is ``unknown_role``. A leading system turn
+    becomes the system prompt; anything that breaks the contract (first turn not
+    user, two turns of one role in a row, last turn not assistant, a system turn
+    later on) raises RowError with the reason.
     """
     if not isinstance(turns, list):
         raise RowError("bad_type")
@@ -184,7 +218,12 @@ def normalize_turns(turns: Any, role_key: str, content_key: str) -> tuple[str, l
             raise RowError("bad_type")
         if role_key not in turn or content_key not in turn:
             raise RowError("missing_field")
-        role = map_role(turn[role_key])
+        role = turn[role_key]
+        if not isinstance(role, str):
+            raise RowError("bad_type")
+        role = roles.get(role.strip().lower())
+        if role is None:
+            raise RowError("unknown_role")
         content = turn[content_key]
         if content is None:
             raise RowError("null_field")
@@ -220,8 +259,10 @@ def _schema_error(path: Path, missing: Iterable[str], present: Iterable[str], kn
     return SchemaError(f"{path}: missing {what} {missing}; unexpected {what} {extra}")
 
 
-def iter_parquet(path: Path, required: Iterable[str], optional: Iterable[str] = ()) -> Iterator[dict]:
-    """Stream rows (as dicts of the required+optional columns present) by batches."""
+def iter_parquet(path: Path, required: Iterable[str], optional: Iterable[str] = (), *,
+                 all_columns: bool = False) -> Iterator[dict]:
+    """Stream rows (as dicts of the required+optional columns present, or of every
+    column with ``all_columns``) by batches."""
     required = list(required)
     optional = list(optional)
     # pre_buffer=False: with pre-buffering, iter_batches keeps every column chunk read so
@@ -231,7 +272,7 @@ def iter_parquet(path: Path, required: Iterable[str], optional: Iterable[str] = 
     missing = [c for c in required if c not in present]
     if missing:
         raise _schema_error(path, missing, present, required + optional)
-    columns = required + [c for c in optional if c in present]
+    columns = None if all_columns else required + [c for c in optional if c in present]
     for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
         yield from batch.to_pylist()
 
@@ -305,15 +346,17 @@ def _json_rows(path: Path) -> Iterator[Any]:
             yield row
 
 
-def iter_rows(path: Path, required: Iterable[str], optional: Iterable[str] = ()) -> Iterator[Any]:
+def iter_rows(path: Path, required: Iterable[str], optional: Iterable[str] = (), *,
+              all_columns: bool = False) -> Iterator[Any]:
     """Rows of a .parquet / .jsonl / .json file. Parquet files are schema-checked
-    here; for JSON files the first object row is checked with :func:`check_first_row`.
+    here (``all_columns``: read every column, not only the named ones, as JSON rows
+    are); for JSON files the first object row is checked with :func:`check_first_row`.
     JSON lines that do not parse come out as RowError objects."""
     required = list(required)
     optional = list(optional)
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        yield from iter_parquet(path, required, optional)
+        yield from iter_parquet(path, required, optional, all_columns=all_columns)
         return
     if suffix == ".jsonl":
         rows: Iterable[Any] = iter_jsonl(path)
@@ -338,16 +381,16 @@ def check_first_row(path: Path, row: dict, required: list[str], optional: list[s
 
 # ----------------------------------------------------------------------------- generic loop
 def read_rows(files, source: str, required: Iterable[str], optional: Iterable[str], convert,
-              id_key: str | None = None) -> Iterator[dict]:
+              id_key: str | None = None, all_columns: bool = False) -> Iterator[dict]:
     """Drive a row-per-example format: ``convert(row) -> (system, messages, input|None)``
     or raise RowError(reason). Row ids: the data's ``id_key`` if usable, else the
-    running row index across the (sorted) files."""
+    running row index across the (sorted) files. ``all_columns``: see :func:`iter_rows`."""
     required = list(required)
     optional = list(optional)
     ids = UniqueIds()
     index = -1
     for path in sorted_files(files):
-        for row in iter_rows(path, required, optional):
+        for row in iter_rows(path, required, optional, all_columns=all_columns):
             index += 1
             if isinstance(row, RowError):
                 yield reject(source, ids(index), row.reason, getattr(row, "raw", None))

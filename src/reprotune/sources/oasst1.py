@@ -31,15 +31,19 @@ from collections import defaultdict
 from typing import Iterator
 
 from . import register
-from ._common import as_str_list, iter_parquet, merge_options, record, reject, sorted_files
+from ._common import STR_LIST_OR_NULL, as_str_list, iter_parquet, merge_options, record, reject, sorted_files
 
-DEFAULTS: dict = {
-    "lang": ["en"],
-    "tree_state": "ready_for_export",
-    "review_result": True,
-    "drop_deleted": True,
-    "drop_synthetic": True,
-    "select": "best",
+OPTIONS: dict = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "lang": {**STR_LIST_OR_NULL, "default": ["en"]},
+        "tree_state": {"type": ["string", "null"], "default": "ready_for_export"},
+        "review_result": {"type": ["boolean", "null"], "default": True},
+        "drop_deleted": {"type": "boolean", "default": True},
+        "drop_synthetic": {"type": "boolean", "default": True},
+        "select": {"enum": ["best", "all_paths"], "default": "best"},
+    },
 }
 REQUIRED = ["message_id", "parent_id", "text", "role", "lang", "review_result", "deleted",
             "rank", "synthetic", "message_tree_id", "tree_state"]
@@ -56,10 +60,8 @@ def _rank_key(m: dict):
 @register("oasst1")
 def read(files, options=None, source=None) -> Iterator[dict]:
     source = source or "oasst1"
-    opts = merge_options("oasst1", options, DEFAULTS)
-    langs = as_str_list(opts["lang"], "oasst1", "lang")
-    if opts["select"] not in ("best", "all_paths"):
-        raise ValueError("oasst1: option 'select' must be 'best' or 'all_paths'")
+    opts = merge_options("oasst1", options, OPTIONS)
+    langs = as_str_list(opts["lang"])
 
     # ---- load: message_id -> row, in file order
     msgs: dict[str, dict] = {}
@@ -234,4 +236,4 @@ def _all_paths(root: str, kept: dict[str, list[str]], msgs: dict[str, dict]) -> 
     yield from walk(root, [])
 
 
-read.defaults = DEFAULTS
+read.options_schema = OPTIONS

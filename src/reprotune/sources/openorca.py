@@ -1,38 +1,42 @@
 """Open-Orca/OpenOrca: parquet columns id, system_prompt, question, response.
 
-system_prompt -> system (may be ""), question -> user, response -> assistant;
-record id uses the row's ``id``. Options: ``id_prefixes`` (null = all; else a
-list such as ``["cot", "niv."]``: rows whose id does not start with one of the
-prefixes are rejects with reason ``id_prefix``).
+The ``instruction`` layout with system_prompt -> system (may be ""), question ->
+user, response -> assistant, record id from the row's ``id``; all four columns are
+required. Its own logic: option ``id_prefixes`` (null = all; else a list such as
+``["cot", "niv."]``: OpenOrca ids are ``<submix>.<n>``, so a prefix without the dot
+gets one; rows whose id does not start with one of the prefixes are rejects with
+reason ``id_prefix``).
 """
 from __future__ import annotations
 
-from . import register
-from ._common import RowError, as_str_list, get_str, merge_options, read_rows
+from . import instruction, register
+from ._common import STR_LIST_OR_NULL, RowError, as_str_list, merge_options, option_defaults, read_rows
 
-DEFAULTS: dict = {"id_prefixes": None}
+OPTIONS: dict = {"type": "object", "additionalProperties": False,
+                 "properties": {"id_prefixes": {**STR_LIST_OR_NULL, "default": None}}}
+LAYOUT = {"system": "system_prompt", "instruction": "question", "output": "response", "id_key": "id"}
 REQUIRED = ["id", "system_prompt", "question", "response"]
+
+
+def prefix_check(prefixes: list[str] | None):
+    """Row check: the row's id starts with one of ``prefixes`` (None: every row)."""
+    if prefixes is not None:
+        prefixes = tuple(p if p.endswith(".") else p + "." for p in prefixes)
+
+    def check(row: dict) -> None:
+        rid = row.get("id")
+        if prefixes is not None and not (isinstance(rid, str) and rid.startswith(prefixes)):
+            raise RowError("id_prefix")
+
+    return check
 
 
 @register("openorca")
 def read(files, options=None, source=None):
-    source = source or "openorca"
-    opts = merge_options("openorca", options, DEFAULTS)
-    prefixes = as_str_list(opts["id_prefixes"], "openorca", "id_prefixes")
-    if prefixes is not None:
-        prefixes = [p if p.endswith(".") else p + "." for p in prefixes]
-
-    def convert(row: dict):
-        system = get_str(row, "system_prompt", optional=True)
-        user = get_str(row, "question")
-        out = get_str(row, "response")
-        if prefixes is not None:
-            rid = row.get("id")
-            if not isinstance(rid, str) or not rid.startswith(tuple(prefixes)):
-                raise RowError("id_prefix")
-        return system, [{"role": "user", "content": user}, {"role": "assistant", "content": out}], None
-
-    return read_rows(files, source, REQUIRED, [], convert, id_key="id")
+    opts = merge_options("openorca", options, OPTIONS)
+    layout = {**option_defaults(instruction.OPTIONS), **LAYOUT}
+    convert = instruction.converter(layout, prefix_check(as_str_list(opts["id_prefixes"])))
+    return read_rows(files, source or "openorca", REQUIRED, [], convert, id_key="id")
 
 
-read.defaults = DEFAULTS
+read.options_schema = OPTIONS

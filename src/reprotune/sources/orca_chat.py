@@ -8,7 +8,7 @@ from __future__ import annotations
 from . import register
 from ._common import RowError, get_str, merge_options, read_rows
 
-DEFAULTS: dict = {}
+OPTIONS: dict = {"type": "object", "additionalProperties": False, "properties": {}}
 REQUIRED = ["instruction", "conversation"]
 
 
@@ -35,8 +35,8 @@ def _convert(row: dict):
 @register("orca_chat")
 def read(files, options=None, source=None):
     source = source or "orca_chat"
-    merge_options("orca_chat", options, DEFAULTS)
+    merge_options("orca_chat", options, OPTIONS)
     return read_rows(files, source, REQUIRED, [], _convert)
 
 
-read.defaults = DEFAULTS
+read.options_schema = OPTIONS

@@ -16,7 +16,14 @@ from typing import Iterator
 from . import register
 from ._common import RowError, UniqueIds, get_str, iter_rows, merge_options, reject, sorted_files
 
-DEFAULTS: dict = {"text_field": "text", "max_chunk_size": None}
+OPTIONS: dict = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "text_field": {"type": "string", "minLength": 1, "default": "text"},
+        "max_chunk_size": {"type": ["integer", "null"], "minimum": 1, "default": None},
+    },
+}
 
 _WS = re.compile(r"\s")
 
@@ -68,13 +75,9 @@ def chunk_text(text: str, max_chunk_size: int) -> list[str]:
 @register("text")
 def read(files, options=None, source=None) -> Iterator[dict]:
     source = source or "text"
-    opts = merge_options("text", options, DEFAULTS)
+    opts = merge_options("text", options, OPTIONS)
     field = opts["text_field"]
-    size = opts["max_chunk_size"]
-    if not isinstance(field, str) or not field:
-        raise ValueError("text: option 'text_field' must be a non-empty string")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ValueError("text: option 'max_chunk_size' must be null or a positive integer")
+    size = None if opts["max_chunk_size"] is None else int(opts["max_chunk_size"])  # the schema allows 5.0
     ids = UniqueIds()
     index = -1
     for path in sorted_files(files):
@@ -102,4 +105,4 @@ def read(files, options=None, source=None) -> Iterator[dict]:
                 yield {"id": f"{source}/{rid}-{k}", "source": source, "text": chunk}
 
 
-read.defaults = DEFAULTS
+read.options_schema = OPTIONS
