@@ -36,8 +36,21 @@ def model_slug(model_id: str) -> str:
 
 
 def base_dir(recipe: dict) -> str:
-    bid = recipe["base_model"]["id"]
-    return "resources/base/tiny" if bid == "tiny" else f"resources/base/{model_slug(bid)}"
+    """The base model's directory: the same path at both scales (a twin is downloaded into it)."""
+    return f"resources/base/{model_slug(recipe['base_model']['id'])}"
+
+
+def uses_twin(recipe: dict) -> bool:
+    return recipe["base_model"].get("twin") is not None
+
+
+def twin_dir(recipe: dict) -> str:
+    """The twin's one-repo mirror (``hub/models/<org>/<name>/``) and its ``SHA256SUMS``."""
+    return f"resources/twins/{model_slug(recipe['base_model']['id'])}"
+
+
+def use_fast_tokenizer(recipe: dict) -> bool:
+    return bool((recipe.get("tokenizer") or {}).get("use_fast", True))
 
 
 def source_dir(rid: str, source: str) -> str:
@@ -67,8 +80,13 @@ def final_targets(rid: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- specs
-def tiny_base_spec(recipe: dict) -> dict:
-    return dict(recipe["base_model"].get("tiny", {}))
+def twin_spec(recipe: dict) -> dict:
+    """What the twin builder needs: the base's profile and the overlay's twin settings."""
+    from . import bases
+
+    t = recipe["base_model"]["twin"] or {}
+    return {"profile": bases.get(recipe["base_model"]["id"]), "seed": int(t.get("seed", 0)),
+            "pretrain": dict(t.get("pretrain") or {})}
 
 
 def lock_file(recipes_dir: str, rid: str) -> str:
@@ -96,9 +114,19 @@ def download_spec(recipe: dict, source: str, lock_file: str | None = None, froze
 
 
 def base_download_spec(recipe: dict, lock_file: str | None = None, frozen: bool = False) -> dict:
+    """A twin is read from its own mirror, pinned by the SHA256SUMS its builder wrote (no lock)."""
     b = recipe["base_model"]
-    return {"id": b["id"], "revision": b.get("revision"), "files": b.get("files", []), "sha256": b.get("sha256", {}),
-            **_lock_args(recipe, "base_model", lock_file, frozen)}
+    spec = {"id": b["id"], "revision": b.get("revision"), "files": b.get("files", []), "sha256": b.get("sha256", {})}
+    if uses_twin(recipe):
+        return {**spec, "mirror_sums": f"{twin_dir(recipe)}/SHA256SUMS"}
+    return {**spec, **_lock_args(recipe, "base_model", lock_file, frozen)}
+
+
+def base_mirror(recipe: dict) -> str | None:
+    """Where download_base reads the base from: the twin's mirror, the config's hub mirror, or the Hub."""
+    if uses_twin(recipe):
+        return f"{twin_dir(recipe)}/hub"
+    return recipe.get("hub_mirror")
 
 
 def mirror_pin_file(recipe: dict) -> str | None:
@@ -149,6 +177,7 @@ def clean_spec(recipe: dict, source: str) -> dict:
     }
     if uses_base_tokenizer(recipe, source):
         spec["tokenizer_dir"] = base_dir(recipe)
+        spec["tokenizer_use_fast"] = use_fast_tokenizer(recipe)
     return spec
 
 
@@ -169,12 +198,16 @@ def mix_spec(recipe: dict, adapter: str) -> dict:
         "validation": d.get("validation", {}),
         "max_val_share": d.get("max_val_share"),
         "system_messages": system_messages,
+        "template": recipe["adapters"][adapter]["template"],
+        "tokenizer": {"use_fast": use_fast_tokenizer(recipe)},
     }
 
 
 def train_spec(recipe: dict, adapter: str) -> dict:
     ad = recipe["adapters"][adapter]
-    return {"recipe": recipe["id"], "adapter": adapter, "template": ad["template"], "train": ad["train"]}
+    return {"recipe": recipe["id"], "adapter": adapter, "template": ad["template"], "train": ad["train"],
+            "base_model": recipe["base_model"]["id"], "twin": uses_twin(recipe),
+            "tokenizer": {"use_fast": use_fast_tokenizer(recipe)}}
 
 
 def merge_spec(recipe: dict) -> dict:
@@ -370,22 +403,29 @@ def code_inputs(stage: str, recipe: dict | None = None, name: str | None = None)
     string, a reader, the card template) and only then: editing the card
     template reruns the card, never the training.
     """
-    if stage == "tiny_base":
-        return _files("tinybase.py")
+    if stage == "twin":
+        from . import bases
+
+        return _files("twin.py", "tinybase.py", "bases/__init__.py") + [str(bases.path(recipe["base_model"]["id"]))]
     if stage == "download":
         return _files("download.py")
     if stage == "clean":
-        fmt = recipe["sources"][name]["format"]
-        return _files("clean.py", "filters.py", "data/*.txt", "sources/__init__.py", "sources/_*.py",
-                      f"sources/{fmt}.py")
+        from . import sources
+
+        return sorted(set(_files("clean.py", "filters.py", "data/*.txt", "sources/__init__.py", "sources/_*.py",
+                                 "base_tokenizer.py", "slow_tokenizer.py"))
+                      | set(sources.code_files(recipe["sources"][name]["format"])))
     if stage == "mix":
-        return _files("mix.py", "filters.py", "data/*.json")  # filters.token_counter: token-length stats
+        # filters.token_counter: token-length stats; the template: the fast-vs-slow comparison
+        tpl = [f"templates/{recipe['adapters'][name]['template']}.py"] if recipe else []
+        return _files("mix.py", "filters.py", "data/*.json", "base_tokenizer.py", "slow_tokenizer.py", "tokenize.py",
+                      "templates/__init__.py", "templates/base.py", *tpl)
     if stage == "misconception":
         return _files("misconception.py")
     if stage == "train":
         tpl = recipe["adapters"][name]["template"]
         return _files("train.py", "tokenize.py", "templates/__init__.py", "templates/base.py",
-                      f"templates/{tpl}.py", "templates/raw.py")
+                      f"templates/{tpl}.py", "templates/raw.py", "base_tokenizer.py", "slow_tokenizer.py")
     if stage == "merge":
         return _files("merge.py")
     if stage == "evaluate":

@@ -252,12 +252,14 @@ def stage_code_files(recipe: dict | None) -> list[str]:
     if recipe and recipe.get("sources") is not None and recipe.get("adapters"):
         from . import plan
 
-        files = set(plan.code_inputs("tiny_base") + plan.code_inputs("download") + plan.code_inputs("mix")
-                    + plan.code_inputs("merge") + plan.code_inputs("evaluate") + plan.code_inputs("provenance"))
+        files = set(plan.code_inputs("download") + plan.code_inputs("merge") + plan.code_inputs("evaluate")
+                    + plan.code_inputs("provenance"))
+        if plan.uses_twin(recipe):
+            files.update(plan.code_inputs("twin", recipe))
         for src in recipe["sources"]:
             files.update(plan.code_inputs("clean", recipe, src))
         for ad in recipe["adapters"]:
-            files.update(plan.code_inputs("train", recipe, ad))
+            files.update(plan.code_inputs("train", recipe, ad) + plan.code_inputs("mix", recipe, ad))
         fixtures = REPO_DIR / "fixtures"
         return sorted(f for f in files if not Path(f).is_relative_to(fixtures))
     return sorted(str(p) for p in PACKAGE_DIR.rglob("*")

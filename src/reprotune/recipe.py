@@ -180,6 +180,31 @@ def check_semantics(recipe: dict, source: str) -> None:
         fail("merge.method", "'qlora_dequant' is for QLoRA adapters (train.method qlora)")
     if recipe["base_model"].get("trust_remote_code") and not recipe["base_model"].get("revision"):
         fail("base_model.trust_remote_code", "true only with a pinned base_model.revision")
+    _check_base(recipe["base_model"], fail)
+
+
+def _check_base(base: dict, fail) -> None:
+    """With a profile of the base (src/reprotune/bases/), the recipe's file patterns must select
+    what the real repo ships; a twin build needs the profile."""
+    from fnmatch import fnmatchcase
+
+    from reprotune import bases
+
+    if not bases.has(base["id"]):
+        if base.get("twin") is not None:
+            try:
+                bases.get(base["id"])
+            except bases.BaseProfileError as e:
+                fail("base_model.id", str(e))
+        return
+    shipped = bases.repo_files(bases.get(base["id"]))
+    for pat in base.get("files") or []:
+        if not any(fnmatchcase(f, pat) for f in shipped):
+            fail("base_model.files", f"{pat!r} matches no file of {base['id']} (it ships {', '.join(shipped)})")
+    weights = [f for f in shipped if bases.is_weight_file(f)]
+    if base.get("files") and not any(fnmatchcase(f, p) for f in weights for p in base["files"]):
+        fail("base_model.files", f"no pattern selects the weights of {base['id']}, which ships "
+                                 f"{', '.join(weights)}")
 
 
 def _deep_merge(a: dict, b: dict) -> dict:
@@ -201,9 +226,8 @@ def apply_overlay(recipe: dict, overlay: dict | None) -> dict:
         return r
     r["scale"] = overlay["scale"]
     r["hub_mirror"] = overlay.get("hub_mirror")
-    if "base_model" in overlay:
-        r["full_base_model"] = r["base_model"]
-        r["base_model"] = copy.deepcopy(overlay["base_model"])
+    if "base_model" in overlay:  # the real base stays the recipe's; the overlay adds how to build its twin
+        r["base_model"] = _deep_merge(r["base_model"], overlay["base_model"])
     for ad in r["adapters"].values():
         ad["train"] = _deep_merge(ad["train"], overlay.get("train", {}))
         ad["data"] = _deep_merge(ad["data"], overlay.get("data", {}))
@@ -232,7 +256,7 @@ def load_recipe(path: str | Path, overlay: str | Path | dict | None = None) -> d
         raise RecipeError(f"{path}: key 'id': {data['id']!r} must equal the file name '{path.stem}'")
     ov = load_overlay(overlay) if not isinstance(overlay, dict) else overlay
     resolved = apply_overlay(data, ov)
-    check = {k: v for k, v in resolved.items() if k not in ("scale", "hub_mirror", "full_base_model")}
+    check = {k: v for k, v in resolved.items() if k not in ("scale", "hub_mirror")}
     src = f"{path} + {overlay}" if overlay and not isinstance(overlay, dict) else str(path)
     validate(check, "recipe", src)
     check_semantics(check, src)

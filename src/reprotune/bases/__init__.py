@@ -112,9 +112,23 @@ def path(base_id: str) -> Path:
     return _profiles()[base_id][0]
 
 
-def weight_patterns(profile: dict) -> list[str]:
-    """The weight files a download of this repo must select (safetensors where the repo has them)."""
-    w = profile["weights"]
-    if "safetensors" in w:
-        return ["*.safetensors"] if w["safetensors"] == 1 else ["model-*.safetensors", "model.safetensors.index.json"]
-    return ["pytorch_model*.bin"] if w["bin"] == 1 else ["pytorch_model-*.bin", "pytorch_model.bin.index.json"]
+def weight_files(profile: dict) -> list[str]:
+    """The weight files (and shard indexes) the real repo ships, by name."""
+    out = []
+    for fmt, n in sorted(profile["weights"].items()):
+        prefix, ext = ("model", "safetensors") if fmt == "safetensors" else ("pytorch_model", "bin")
+        if n == 1:
+            out.append(f"{prefix}.{ext}")
+        else:
+            out += [f"{prefix}-{i:05d}-of-{n:05d}.{ext}" for i in range(1, n + 1)] + [f"{prefix}.{ext}.index.json"]
+    return out
+
+
+def is_weight_file(name: str) -> bool:
+    return name.endswith((".safetensors", ".bin"))
+
+
+def repo_files(profile: dict) -> list[str]:
+    """Every file of the real repo that the profile knows about (the twin has exactly these)."""
+    files = set(weight_files(profile)) | set(profile["tokenizer"]["files"]) | set(profile.get("other_files", []))
+    return sorted(files | {"config.json", "generation_config.json"})

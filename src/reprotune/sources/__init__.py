@@ -38,6 +38,8 @@ import pkgutil
 from pathlib import Path
 from typing import Callable, Iterator
 
+import yaml
+
 from ._common import SchemaError, SourceError, option_defaults
 from ._presets import preset_reader
 
@@ -82,6 +84,21 @@ def options_schema(name: str) -> dict:
 def defaults(name: str) -> dict:
     """Default options of format ``name``."""
     return option_defaults(options_schema(name))
+
+
+def code_files(name: str) -> list[str]:
+    """The files that define format ``name`` (rule inputs: editing them reruns its clean jobs):
+    the module (and the modules it builds on), or the preset file and its base format's."""
+    get(name)
+    here = Path(__file__).parent
+    preset = PRESETS_DIR / f"{name}.yaml"
+    if preset.is_file():
+        base = yaml.safe_load(preset.read_text(encoding="utf-8"))["format"]
+        return sorted({str(preset), str(here / "_presets.py"), *code_files(base)})
+    module = importlib.import_module(f"{__name__}.{name}")
+    deps = [m for m in vars(module).values() if getattr(m, "__name__", "").startswith(f"{__name__}.")
+            and type(m) is type(module)]
+    return sorted({str(here / f"{name}.py"), *(str(Path(m.__file__)) for m in deps)})
 
 
 def read(fmt: str, files, options: dict | None = None, source: str | None = None) -> Iterator[dict]:
