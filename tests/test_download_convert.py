@@ -363,6 +363,23 @@ def test_bin_index_that_disagrees_with_the_shards_stops(llama, tmp_path):
     assert not (tmp_path / "base").exists()
 
 
+def test_provenance_of_a_converted_base_shows_both_sides(llama, tmp_path):
+    from reprotune import provenance
+
+    hub = _mirror(tmp_path / "twin", llama["files"])
+    out = tmp_path / "resources" / "base" / "openlm-research--open_llama_13b"
+    man = fetch_model(_spec(), out, hub)
+    entry = provenance.hash_input(out, tmp_path)
+    assert entry["path"] == "resources/base/openlm-research--open_llama_13b"
+    assert (entry["repo"], entry["revision"]) == (REPO, "mirror")
+    assert entry["fetched"] == man["files"] and SHARDS[0] in entry["fetched"]
+    assert entry["converted"][CONVERTED[2]] == {**man["converted"][CONVERTED[2]], "source": SHARDS[2]}
+    assert entry["files"][CONVERTED[2]] == man["converted"][CONVERTED[2]]["sha256"]
+    assert not any(f.endswith(".bin") for f in entry["files"])
+    plain = provenance.hash_input(hub / "models" / REPO, tmp_path)  # no manifest: no such keys
+    assert "fetched" not in plain and "converted" not in plain
+
+
 def test_index_without_bin_index_and_a_fetched_safetensors_index(llama, tmp_path):
     files = {k: v for k, v in llama["files"].items() if k != dl.BIN_INDEX}
     hub = _mirror(tmp_path / "twin", {**files, dl.ST_INDEX: b'{"weight_map": {}}'})
