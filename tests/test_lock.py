@@ -83,3 +83,15 @@ def test_mirror_pins_are_this_repos_lines_only():
                                                      "datasets/Open-Orca/OpenOrca/3_5M-GPT3_5-Augmented.parquet"]
     assert all(len(v) == 64 for v in plan.mirror_pins(recipe, "o").values())
     assert plan.mirror_pins({**recipe, "hub_mirror": None}, "p") == {}
+
+
+def test_model_entry_records_converted_files(tmp_path):
+    files = {"pytorch_model.bin": {"sha256": "1" * 64, "size": 10}, "config.json": {"sha256": "2" * 64, "size": 2}}
+    converted = {"model.safetensors": {"sha256": "3" * 64, "size": 9, "source": "pytorch_model.bin", "extra": 1}}
+    e = lock.make_entry("org/m", "model", None, ["*"], "a" * 40, files, converted)
+    assert e["files"] == files
+    assert e["converted"] == {"model.safetensors": {"sha256": "3" * 64, "size": 9, "source": "pytorch_model.bin"}}
+    assert "converted" not in lock.make_entry("org/m", "model", None, ["*"], "a" * 40, files)
+    p = tmp_path / "r.lock.json"
+    lock.set_entry(p, "r", "base_model", e)
+    assert lock.get_entry(p, "base_model") == e

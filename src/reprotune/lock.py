@@ -17,10 +17,19 @@ Layout (canonical JSON)::
              "requested_revision": str | null,   # what the recipe asked for
              "patterns": [...],                   # the recipe's files patterns, sorted
              "revision": "<40-hex commit sha>",
-             "files": {path: {"sha256": hex, "size": int}}}
+             "files": {path: {"sha256": hex, "size": int}},     # as fetched from the repo
+             "converted": {name: {"sha256": hex, "size": int,   # model repos with pickle weights
+                                  "source": path | null}}}      # only: the safetensors written
+
+``converted`` lists each ``model-0000i-of-0000N.safetensors`` (or ``model.safetensors``)
+written from a ``.bin`` shard (``source``) and the ``model.safetensors.index.json``
+(``source``: ``pytorch_model.bin.index.json``, or null when the repo has none). A
+locked rebuild verifies the converted files against these hashes too.
 
 An entry is *stale* when its repo, requested revision or patterns differ from the
-recipe's (the recipe was edited after locking).
+recipe's (the recipe was edited after locking), or, for a model, when its
+``converted`` names differ from what converting its files writes (a lock written
+before the conversion existed).
 
 Several download jobs of one recipe may run at once; updates take an exclusive
 ``flock`` on the lock file's directory, re-read the file, change one entry and
@@ -81,8 +90,10 @@ def get_entry(path: str | os.PathLike, key: str) -> dict | None:
 
 
 def make_entry(repo: str, repo_type: str, requested: str | None, patterns: list[str],
-               revision: str, files: dict) -> dict:
-    return {
+               revision: str, files: dict, converted: dict | None = None) -> dict:
+    """A lock entry; ``converted`` (model repos whose pickle weights were converted to
+    safetensors): {written file: {"sha256", "size", "source"}}."""
+    entry = {
         "repo": repo,
         "repo_type": repo_type,
         "requested_revision": requested,
@@ -90,6 +101,10 @@ def make_entry(repo: str, repo_type: str, requested: str | None, patterns: list[
         "revision": revision,
         "files": {p: {"sha256": files[p]["sha256"], "size": files[p]["size"]} for p in sorted(files)},
     }
+    if converted:
+        entry["converted"] = {p: {k: converted[p][k] for k in ("sha256", "size", "source")}
+                              for p in sorted(converted)}
+    return entry
 
 
 def stale_reason(entry: dict, repo: str, repo_type: str, requested: str | None, patterns: list[str]) -> str | None:

@@ -20,7 +20,12 @@ as canonical JSON (``reprotune.io``) to ``results/<recipe>/provenance.json``.
 What is recorded, per input: its path relative to the working directory, the sha256
 of every file (directories: sorted relative POSIX paths), an aggregate sha256 of the
 directory (sha256 of the ``sha256sum``-style listing), and ``repo``/``revision`` from
-a ``manifest.json`` at the top of a directory when there is one. Besides the inputs:
+a ``manifest.json`` at the top of a directory when there is one. When that manifest
+records a conversion (a base model whose pickle ``.bin`` weights were converted to
+safetensors on download), the entry also carries ``fetched`` (the repo files as
+downloaded, ``.bin`` shards included: ``sha256``, ``size``) and ``converted`` (each
+written safetensors file and index: ``sha256``, ``size``, ``source``, the fetched
+file it was made from); ``files`` lists what is in the directory. Besides the inputs:
 
 * ``fixtures`` (tiny scale, i.e. the recipe has a ``hub_mirror``): every file of the
   fixture mirror (the tiny base model's tokenizer is trained on all of them, the
@@ -218,6 +223,11 @@ def hash_input(path: str | os.PathLike, root: Path) -> dict:
             for key in ("repo", "revision"):
                 if key in data:
                     entry[key] = data[key]
+            if isinstance(data.get("converted"), dict):
+                # pickle weights converted on download (the base model): the fetched files,
+                # .bin shards included, and each written safetensors file with its source
+                entry["fetched"] = data.get("files") or {}
+                entry["converted"] = data["converted"]
     return entry
 
 
