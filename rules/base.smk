@@ -3,12 +3,12 @@
 
 rule tiny_base:
     input:
-        texts=sorted(str(p) for p in (Path(workflow.basedir) / "fixtures" / "hub").rglob("*") if p.is_file()),
+        texts=fixture_texts,
         code=plan.code_inputs("tiny_base"),
     output:
         directory("resources/base/tiny"),
     params:
-        spec=lambda wc: plan.dumps(plan.tiny_base_spec(next(iter(RECIPES.values())))),
+        spec=tiny_base_spec,
     threads: THREADS
     resources:
         mem_mb=2000,
@@ -27,7 +27,7 @@ rule download_base:
     output:
         directory("resources/base/{slug}"),
     params:
-        spec=lambda wc: plan.dumps(_base_spec(wc.slug)),
+        spec=base_download_spec,
     threads: THREADS
     resources:
         mem_mb=4000,

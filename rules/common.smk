@@ -90,42 +90,189 @@ def offline_env(wc):
     return "export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1; " if R(wc)["scale"] == "tiny" else ""
 
 
-# ---- input/param functions of the rule files
-# used by rules/base.smk
-def _base_spec(slug):
+# ---- input, param and resource functions of the rules (rules/*.smk), by rule file.
+# Named, never inline lambdas (tests/test_workflow.py checks): one function per purpose,
+# shared where rules need the same thing.
+def _pairs(paths):
+    """`name=path ...`: how the CLI takes a set of named inputs."""
+    return " ".join(f"{k}={v}" for k, v in paths.items())
+
+
+def stage_resource(stage, key):
+    """A `resources:` function: `key` (gpu, mem_mb, runtime) of plan.resources_for for the
+    job's recipe (and adapter, for training)."""
+
+    def job_resource(wildcards):
+        adapter = wildcards.adapter if stage == "train" else None
+        return plan.resources_for(stage, R(wildcards), adapter)[key]
+
+    return job_resource
+
+
+def base_model_dir(wildcards):
+    """The recipe's base model (tiny or downloaded): weights and tokenizer."""
+    return plan.base_dir(R(wildcards))
+
+
+# base.smk
+def fixture_texts(wildcards):
+    """Every file of the fixture mirror: the tiny tokenizer is trained on their text."""
+    return sorted(str(p) for p in (Path(workflow.basedir) / "fixtures" / "hub").rglob("*") if p.is_file())
+
+
+def tiny_base_spec(wildcards):
+    return plan.dumps(plan.tiny_base_spec(next(iter(RECIPES.values()))))
+
+
+def base_download_spec(wildcards):
     # several recipes can share a base model; the first (sorted) recipe's lock file pins it
-    rid = sorted(r for r, rec in RECIPES.items() if plan.base_dir(rec).endswith(slug))[0]
+    rid = sorted(r for r, rec in RECIPES.items() if plan.base_dir(rec).endswith(wildcards.slug))[0]
     lock = plan.lock_file(CFG["recipes_dir"], rid)
-    return plan.base_download_spec(RECIPES[rid], lock, CFG.get("frozen", False))
+    return plan.dumps(plan.base_download_spec(RECIPES[rid], lock, CFG.get("frozen", False)))
 
 
-# used by rules/data.smk
-def _mirror_inputs(wc):
+# data.smk
+def mirror_files(wildcards):
     """In mirror mode the mirror files are inputs, so an edited fixture reruns its source
     (its pins in SHA256SUMS are a param; the download verifies every file against them)."""
-    mirror = MIRROR[wc.recipe]
+    mirror = MIRROR[wildcards.recipe]
     if mirror is None:
         return []
-    repo = R(wc)["sources"][wc.source]["repo"]
-    root = mirror / "datasets" / repo
+    root = mirror / "datasets" / R(wildcards)["sources"][wildcards.source]["repo"]
     return sorted(str(p) for p in root.rglob("*") if p.is_file())
 
 
-# used by rules/data.smk
-def _lock_file(wc):
-    return plan.lock_file(CFG["recipes_dir"], wc.recipe)
+def download_spec(wildcards):
+    lock = plan.lock_file(CFG["recipes_dir"], wildcards.recipe)
+    return plan.dumps(plan.download_spec(R(wildcards), wildcards.source, lock, CFG.get("frozen", False)))
 
 
-# used by rules/data.smk
-def _mix_inputs(wc):
-    return {s: plan.clean_dir(wc.recipe, s) for s in sorted(R(wc)["adapters"][wc.adapter]["data"]["mix"])}
+def mirror_arg(wildcards):
+    mirror = MIRROR[wildcards.recipe]
+    return f"--mirror {mirror}" if mirror else ""
 
 
-# used by rules/data.smk
-def _mix_pairs(wc):
-    return " ".join(f"{s}={plan.clean_dir(wc.recipe, s)}" for s in sorted(R(wc)["adapters"][wc.adapter]["data"]["mix"]))
+def mirror_pins(wildcards):
+    return plan.dumps(plan.mirror_pins(R(wildcards), wildcards.source))
 
 
-# used by rules/merge.smk
-def _merge_adapters(wc):
-    return {a: plan.adapter_dir(wc.recipe, a) for a in plan.merge_adapters(R(wc))}
+def clean_code(wildcards):
+    return plan.code_inputs("clean", R(wildcards), wildcards.source)
+
+
+def clean_tokenizer(wildcards):
+    """The base tokenizer, only when a filter of the source counts tokens with it (`tokenizer: base`)."""
+    return [plan.base_dir(R(wildcards))] if plan.uses_base_tokenizer(R(wildcards), wildcards.source) else []
+
+
+def clean_spec(wildcards):
+    return plan.dumps(plan.clean_spec(R(wildcards), wildcards.source))
+
+
+def mix_inputs(wildcards):
+    """The cleaned sources the adapter's mix draws from, named by source."""
+    mix = R(wildcards)["adapters"][wildcards.adapter]["data"]["mix"]
+    return {s: plan.clean_dir(wildcards.recipe, s) for s in sorted(mix)}
+
+
+def mix_pairs(wildcards):
+    return _pairs(mix_inputs(wildcards))
+
+
+def mix_spec(wildcards):
+    return plan.dumps(plan.mix_spec(R(wildcards), wildcards.adapter))
+
+
+# train.smk
+def train_code(wildcards):
+    return plan.code_inputs("train", R(wildcards), wildcards.adapter)
+
+
+def train_spec(wildcards):
+    return plan.dumps(plan.train_spec(R(wildcards), wildcards.adapter))
+
+
+def launch_args(wildcards):
+    """`accelerate launch` arguments: CPU, one GPU, DDP or DeepSpeed ZeRO for this adapter."""
+    return plan.accelerate_args(R(wildcards), wildcards.adapter, CFG["accelerate_config"])
+
+
+# merge.smk
+def merge_adapters(wildcards):
+    """The adapters the merge applies, named by adapter."""
+    return {a: plan.adapter_dir(wildcards.recipe, a) for a in plan.merge_adapters(R(wildcards))}
+
+
+def merge_pairs(wildcards):
+    return _pairs(merge_adapters(wildcards))
+
+
+def merge_spec(wildcards):
+    return plan.dumps(plan.merge_spec(R(wildcards)))
+
+
+def merge_variant_spec(wildcards):
+    return plan.dumps(plan.merge_variant_spec(R(wildcards), wildcards.variant))
+
+
+# evaluate.smk
+def eval_spec(wildcards):
+    return plan.dumps(plan.eval_spec(R(wildcards)))
+
+
+# card.smk and report.smk
+def provenance_artifacts(wildcards):
+    return list(plan.provenance_inputs(R(wildcards)).values())
+
+
+def provenance_code(wildcards):
+    return plan.code_inputs("provenance", R(wildcards))
+
+
+def provenance_spec(wildcards):
+    images = IMAGES if _use_containers() else None
+    return plan.dumps(plan.provenance_spec(R(wildcards), CFG["overlay"], images))
+
+
+def provenance_pairs(wildcards):
+    return _pairs(plan.provenance_inputs(R(wildcards)))
+
+
+def data_dirs(wildcards):
+    return [plan.data_dir(wildcards.recipe, a) for a in sorted(R(wildcards)["adapters"])]
+
+
+def adapter_dirs(wildcards):
+    return [plan.adapter_dir(wildcards.recipe, a) for a in sorted(R(wildcards)["adapters"])]
+
+
+def variant_evals(wildcards):
+    return [plan.variant_eval(wildcards.recipe, v) for v in plan.merge_variants(R(wildcards))]
+
+
+def variant_models(wildcards):
+    return [plan.variant_model_dir(wildcards.recipe, v) for v in plan.merge_variants(R(wildcards))]
+
+
+def card_spec(wildcards):
+    return plan.dumps(plan.card_spec(R(wildcards)))
+
+
+def adapter_readmes(wildcards):
+    """`adapter=path` of the README written for each adapter that is published alone (not full weights)."""
+    adapters = R(wildcards)["adapters"]
+    return " ".join(
+        f"{a}=results/{wildcards.recipe}/adapter_cards/{a}.md"
+        for a in sorted(adapters)
+        if adapters[a]["train"]["method"] != "full"
+    )
+
+
+def report_spec(wildcards):
+    return plan.dumps(plan.report_spec(R(wildcards)))
+
+
+# verify.smk
+def all_cores(wildcards):
+    """The verify rule's nested builds get every core this run was given (--cores)."""
+    return workflow.cores

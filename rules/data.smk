@@ -3,18 +3,18 @@
 
 rule download_source:
     input:
-        mirror=_mirror_inputs,
+        mirror=mirror_files,
         code=plan.code_inputs("download"),
     output:
         directory("resources/sources/{recipe}/{source}"),
     params:
-        spec=lambda wc: plan.dumps(plan.download_spec(R(wc), wc.source, _lock_file(wc), CFG.get("frozen", False))),
-        mirror=lambda wc: f"--mirror {MIRROR[wc.recipe]}" if MIRROR[wc.recipe] else "",
-        pins=lambda wc: plan.dumps(plan.mirror_pins(R(wc), wc.source)),
+        spec=download_spec,
+        mirror=mirror_arg,
+        pins=mirror_pins,
     threads: THREADS
     resources:
-        mem_mb=lambda wc: plan.resources_for("download", R(wc))["mem_mb"],
-        runtime=lambda wc: plan.resources_for("download", R(wc))["runtime"],
+        mem_mb=stage_resource("download", "mem_mb"),
+        runtime=stage_resource("download", "runtime"),
     container:
         container_for("download"),
     log:
@@ -26,17 +26,17 @@ rule download_source:
 rule clean_source:
     input:
         files="resources/sources/{recipe}/{source}",
-        code=lambda wc: plan.code_inputs("clean", R(wc), wc.source),
+        code=clean_code,
         # only when a filter counts tokens with the base tokenizer (`tokenizer: base`)
-        tokenizer=lambda wc: [plan.base_dir(R(wc))] if plan.uses_base_tokenizer(R(wc), wc.source) else [],
+        tokenizer=clean_tokenizer,
     output:
         directory("results/{recipe}/clean/{source}"),
     params:
-        spec=lambda wc: plan.dumps(plan.clean_spec(R(wc), wc.source)),
+        spec=clean_spec,
     threads: THREADS
     resources:
-        mem_mb=lambda wc: plan.resources_for("clean", R(wc))["mem_mb"],
-        runtime=lambda wc: plan.resources_for("clean", R(wc))["runtime"],
+        mem_mb=stage_resource("clean", "mem_mb"),
+        runtime=stage_resource("clean", "runtime"),
     container:
         container_for("clean"),
     log:
@@ -47,18 +47,18 @@ rule clean_source:
 
 rule mix:
     input:
-        unpack(_mix_inputs),
+        unpack(mix_inputs),
         code=plan.code_inputs("mix"),
-        tokenizer=lambda wc: plan.base_dir(R(wc)),  # token-length stats in data_report.json
+        tokenizer=base_model_dir,  # token-length stats in data_report.json
     output:
         directory("results/{recipe}/data/{adapter}"),
     params:
-        spec=lambda wc: plan.dumps(plan.mix_spec(R(wc), wc.adapter)),
-        pairs=_mix_pairs,
+        spec=mix_spec,
+        pairs=mix_pairs,
     threads: THREADS
     resources:
-        mem_mb=lambda wc: plan.resources_for("mix", R(wc))["mem_mb"],
-        runtime=lambda wc: plan.resources_for("mix", R(wc))["runtime"],
+        mem_mb=stage_resource("mix", "mem_mb"),
+        runtime=stage_resource("mix", "runtime"),
     container:
         container_for("mix"),
     log:

@@ -9,14 +9,14 @@ rule evaluate:
         results="results/{recipe}/eval/results.json",
         summary="results/{recipe}/eval/summary.json",
     params:
-        spec=lambda wc: plan.dumps(plan.eval_spec(R(wc))),
+        spec=eval_spec,
         offline=offline_env,
         runinfo="logs/{recipe}/evaluate.runinfo.json",
     threads: THREADS
     resources:
-        gpu=lambda wc: plan.resources_for("evaluate", R(wc))["gpu"],
-        mem_mb=lambda wc: plan.resources_for("evaluate", R(wc))["mem_mb"],
-        runtime=lambda wc: plan.resources_for("evaluate", R(wc))["runtime"],
+        gpu=stage_resource("evaluate", "gpu"),
+        mem_mb=stage_resource("evaluate", "mem_mb"),
+        runtime=stage_resource("evaluate", "runtime"),
     container:
         container_for("evaluate"),
     log:
@@ -27,7 +27,9 @@ rule evaluate:
         "--runinfo {params.runinfo} > {log} 2>&1"
 
 
-rule evaluate_variant:
+# The evaluation of a compared merge variant (rules/merge.smk `merge_variant`): the evaluate
+# rule on results/<id>/models/<variant>, with its own outputs, run info and log.
+use rule evaluate as evaluate_variant with:
     input:
         model="results/{recipe}/models/{variant}",
         code=plan.code_inputs("evaluate"),
@@ -37,19 +39,6 @@ rule evaluate_variant:
     wildcard_constraints:
         variant="plain|qlora_dequant",
     params:
-        spec=lambda wc: plan.dumps(plan.eval_spec(R(wc))),
-        offline=offline_env,
         runinfo="logs/{recipe}/evaluate_{variant}.runinfo.json",
-    threads: THREADS
-    resources:
-        gpu=lambda wc: plan.resources_for("evaluate", R(wc))["gpu"],
-        mem_mb=lambda wc: plan.resources_for("evaluate", R(wc))["mem_mb"],
-        runtime=lambda wc: plan.resources_for("evaluate", R(wc))["runtime"],
-    container:
-        container_for("evaluate"),
     log:
         "logs/{recipe}/evaluate_{variant}.log",
-    shell:
-        "{params.offline}"
-        "python -m reprotune evaluate --spec {params.spec:q} --model {input.model} --out {output.results} "
-        "--runinfo {params.runinfo} > {log} 2>&1"

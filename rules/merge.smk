@@ -3,20 +3,20 @@
 
 rule merge:
     input:
-        unpack(_merge_adapters),
-        base=lambda wc: plan.base_dir(R(wc)),
+        unpack(merge_adapters),
+        base=base_model_dir,
         code=plan.code_inputs("merge"),
     output:
         directory("results/{recipe}/model"),
     params:
-        spec=lambda wc: plan.dumps(plan.merge_spec(R(wc))),
-        pairs=lambda wc: " ".join(f"{a}={plan.adapter_dir(wc.recipe, a)}" for a in plan.merge_adapters(R(wc))),
+        spec=merge_spec,
+        pairs=merge_pairs,
         offline=offline_env,
     threads: THREADS
     resources:
-        gpu=lambda wc: plan.resources_for("merge", R(wc))["gpu"],
-        mem_mb=lambda wc: plan.resources_for("merge", R(wc))["mem_mb"],
-        runtime=lambda wc: plan.resources_for("merge", R(wc))["runtime"],
+        gpu=stage_resource("merge", "gpu"),
+        mem_mb=stage_resource("merge", "mem_mb"),
+        runtime=stage_resource("merge", "runtime"),
     container:
         container_for("merge"),
     log:
@@ -27,30 +27,14 @@ rule merge:
         "--out {output} > {log} 2>&1"
 
 
-# A second merge method the card compares (recipe `merge.compare`), from the same adapter(s).
-rule merge_variant:
-    input:
-        unpack(_merge_adapters),
-        base=lambda wc: plan.base_dir(R(wc)),
-        code=plan.code_inputs("merge"),
+# A second merge method the card compares (recipe `merge.compare`), from the same adapter(s):
+# the merge rule with its own method (params.spec; the other params are kept), output and log.
+use rule merge as merge_variant with:
     output:
         directory("results/{recipe}/models/{variant}"),
     wildcard_constraints:
         variant="plain|qlora_dequant",
     params:
-        spec=lambda wc: plan.dumps(plan.merge_variant_spec(R(wc), wc.variant)),
-        pairs=lambda wc: " ".join(f"{a}={plan.adapter_dir(wc.recipe, a)}" for a in plan.merge_adapters(R(wc))),
-        offline=offline_env,
-    threads: THREADS
-    resources:
-        gpu=lambda wc: plan.resources_for("merge", R(wc))["gpu"],
-        mem_mb=lambda wc: plan.resources_for("merge", R(wc))["mem_mb"],
-        runtime=lambda wc: plan.resources_for("merge", R(wc))["runtime"],
-    container:
-        container_for("merge"),
+        spec=merge_variant_spec,
     log:
         "logs/{recipe}/merge_{variant}.log",
-    shell:
-        "{params.offline}"
-        "python -m reprotune merge --spec {params.spec:q} --base {input.base} --adapter {params.pairs} "
-        "--out {output} > {log} 2>&1"

@@ -5,10 +5,10 @@
 rule report_assets:
     input:
         card="results/{recipe}/README.md",
-        data=lambda wc: [plan.data_dir(wc.recipe, a) for a in sorted(R(wc)["adapters"])],
-        adapters=lambda wc: [plan.adapter_dir(wc.recipe, a) for a in sorted(R(wc)["adapters"])],
+        data=data_dirs,
+        adapters=adapter_dirs,
         results="results/{recipe}/eval/results.json",
-        variant_results=lambda wc: [plan.variant_eval(wc.recipe, v) for v in plan.merge_variants(R(wc))],
+        variant_results=variant_evals,
         code=plan.code_inputs("report"),
     output:
         data=report("results/{recipe}/report/data.html", category="{recipe}", subcategory="1 data",
@@ -20,7 +20,7 @@ rule report_assets:
         card=report("results/{recipe}/report/card.html", category="{recipe}", subcategory="4 model card",
                     labels={"recipe": "{recipe}", "asset": "model card"}),
     params:
-        spec=lambda wc: plan.dumps(plan.report_spec(R(wc))),
+        spec=report_spec,
         out="results/{recipe}/report",
     threads: THREADS
     resources:

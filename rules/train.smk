@@ -5,21 +5,21 @@
 rule train:
     input:
         data="results/{recipe}/data/{adapter}",
-        base=lambda wc: plan.base_dir(R(wc)),
-        code=lambda wc: plan.code_inputs("train", R(wc), wc.adapter),
+        base=base_model_dir,
+        code=train_code,
     output:
         directory("results/{recipe}/adapters/{adapter}"),
     params:
-        spec=lambda wc: plan.dumps(plan.train_spec(R(wc), wc.adapter)),
-        launch=lambda wc: plan.accelerate_args(R(wc), wc.adapter, CFG["accelerate_config"]),
+        spec=train_spec,
+        launch=launch_args,
         work="work/{recipe}/checkpoints/{adapter}",
         tensorboard="logs/{recipe}/tensorboard/{adapter}",
         offline=offline_env,
     threads: THREADS
     resources:
-        gpu=lambda wc: plan.resources_for("train", R(wc), wc.adapter)["gpu"],
-        mem_mb=lambda wc: plan.resources_for("train", R(wc), wc.adapter)["mem_mb"],
-        runtime=lambda wc: plan.resources_for("train", R(wc), wc.adapter)["runtime"],
+        gpu=stage_resource("train", "gpu"),
+        mem_mb=stage_resource("train", "mem_mb"),
+        runtime=stage_resource("train", "runtime"),
     container:
         container_for("train"),
     log:

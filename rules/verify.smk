@@ -9,7 +9,7 @@
 rule verify:
     params:
         recipes=" ".join(CFG["recipes"]),
-    threads: lambda wildcards, cores: cores
+    threads: all_cores
     container:
         container_for(),
     log:

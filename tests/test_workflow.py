@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import io
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,22 @@ def test_bad_config_is_one_line(tmp_path):
     assert r.returncode != 0
     assert "reprotune: error:" in r.stderr and "no-such-recipe.yaml: file not found" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def lambdas_in(text: str) -> list[int]:
+    """Line numbers of `lambda` keywords (comments and strings do not count)."""
+    toks = tokenize.generate_tokens(io.StringIO(text).readline)
+    return [t.start[0] for t in toks if t.type == tokenize.NAME and t.string == "lambda"]
+
+
+def test_lambda_detector_sees_lambdas_and_not_comments_or_strings():
+    text = 'rule a:\n    params:\n        x=lambda wc: 1,  # no lambda here\n        y="lambda",\n'
+    assert lambdas_in(text) == [3]
+
+
+def test_rules_use_named_functions_not_lambdas():
+    """Input, param and resource functions are named and live in rules/common.smk."""
+    files = [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
+    assert len(files) >= 9
+    found = {str(f.relative_to(REPO)): lambdas_in(f.read_text()) for f in files}
+    assert not any(found.values()), {f: lines for f, lines in found.items() if lines}
