@@ -110,25 +110,45 @@ def stage_resource(stage, key):
 
 
 def base_model_dir(wildcards):
-    """The recipe's base model (tiny or downloaded): weights and tokenizer."""
+    """The recipe's base model (downloaded, or its twin downloaded from the twin's mirror)."""
     return plan.base_dir(R(wildcards))
 
 
 # base.smk
+def _base_recipe(slug):
+    """Several recipes can share a base model: the first (sorted) recipe using it speaks for it
+    (its lock file pins the download)."""
+    return RECIPES[sorted(r for r, rec in RECIPES.items() if plan.base_dir(rec).endswith("/" + slug))[0]]
+
+
 def fixture_texts(wildcards):
-    """Every file of the fixture mirror: the tiny tokenizer is trained on their text."""
+    """Every file of the fixture mirror: a twin's tokenizer and pre-training read their text."""
     return sorted(str(p) for p in (Path(workflow.basedir) / "fixtures" / "hub").rglob("*") if p.is_file())
 
 
-def tiny_base_spec(wildcards):
-    return plan.dumps(plan.tiny_base_spec(next(iter(RECIPES.values()))))
+def twin_code(wildcards):
+    return plan.code_inputs("twin", _base_recipe(wildcards.slug))
+
+
+def twin_spec(wildcards):
+    return plan.dumps(plan.twin_spec(_base_recipe(wildcards.slug)))
 
 
 def base_download_spec(wildcards):
-    # several recipes can share a base model; the first (sorted) recipe's lock file pins it
-    rid = sorted(r for r, rec in RECIPES.items() if plan.base_dir(rec).endswith(wildcards.slug))[0]
-    lock = plan.lock_file(CFG["recipes_dir"], rid)
-    return plan.dumps(plan.base_download_spec(RECIPES[rid], lock, CFG.get("frozen", False)))
+    recipe = _base_recipe(wildcards.slug)
+    lock = plan.lock_file(CFG["recipes_dir"], recipe["id"])
+    return plan.dumps(plan.base_download_spec(recipe, lock, CFG.get("frozen", False)))
+
+
+def base_mirror_inputs(wildcards):
+    """The twin (built by twin_base) when the base is a twin: its files are the download's source."""
+    recipe = _base_recipe(wildcards.slug)
+    return [plan.twin_dir(recipe)] if plan.uses_twin(recipe) else []
+
+
+def base_mirror_arg(wildcards):
+    mirror = plan.base_mirror(_base_recipe(wildcards.slug))
+    return f"--mirror {mirror}" if mirror else ""
 
 
 # data.smk

@@ -46,10 +46,10 @@ def cmd_validate(a) -> int:
     return 0
 
 
-def cmd_tiny_base(a) -> int:
-    from . import tinybase
+def cmd_twin(a) -> int:
+    from . import twin
 
-    tinybase.build(_spec(a.spec), sorted(Path(p) for p in a.texts), Path(a.out))
+    twin.build(_spec(a.spec), sorted(Path(p) for p in a.texts), Path(a.out))
     return 0
 
 
@@ -167,11 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overlay")
     s.set_defaults(fn=cmd_validate)
 
-    s = sub.add_parser("tiny-base", help="build the tiny base model and tokenizer")
-    s.add_argument("--spec", required=True)
-    s.add_argument("--texts", nargs="+", required=True)
+    s = sub.add_parser("twin", help="build the twin of a base model (a one-repo mirror in the real layout)")
+    s.add_argument("--spec", required=True, help="JSON: {profile, seed, pretrain}")
+    s.add_argument("--texts", nargs="+", required=True, help="files whose text trains the tokenizer and pre-trains")
     s.add_argument("--out", required=True)
-    s.set_defaults(fn=cmd_tiny_base)
+    s.set_defaults(fn=cmd_twin)
 
     s = sub.add_parser("download", help="fetch pinned files of a dataset (or model) repo")
     s.add_argument("--spec", required=True)

@@ -123,10 +123,11 @@ def base_download_spec(recipe: dict, lock_file: str | None = None, frozen: bool 
 
 
 def base_mirror(recipe: dict) -> str | None:
-    """Where download_base reads the base from: the twin's mirror, the config's hub mirror, or the Hub."""
+    """Where download_base reads the base from: the twin's mirror, the overlay's hub mirror
+    (``<mirror>/models/<org>/<name>/``), or None: the Hub."""
     if uses_twin(recipe):
         return f"{twin_dir(recipe)}/hub"
-    return recipe.get("hub_mirror")
+    return str(repo_path(recipe["hub_mirror"])) if recipe.get("hub_mirror") else None
 
 
 def mirror_pin_file(recipe: dict) -> str | None:
