@@ -76,7 +76,7 @@ def tiny_variant() -> tuple[dict, dict]:
     recipe["scale"] = "tiny"
     recipe["base_model"] = {"id": "tiny"}
     recipe["adapters"]["main"]["train"].update(num_gpus=0, max_steps=4, max_length=64)
-    recipe["eval"] = {"suite": "tiny_open_llm_v1", "batch_size": 1, "limit": 8}
+    recipe["eval"] = {"suite": "open_llm_v1", "batch_size": 1, "limit": 8}
     results = copy.deepcopy(RESULTS)
     for key in ("results", "n-shot", "n-samples", "configs", "versions", "higher_is_better"):
         results[key] = {f"tiny_{k}": v for k, v in results[key].items()}
@@ -114,6 +114,51 @@ def test_front_matter_parses_and_model_index_equals_results(tmp_path):
         assert e.task_type == "text-generation"
     gsm = next(e for e in evals if e.dataset_type == "gsm8k")
     assert gsm.metric_value == 50.42 and gsm.dataset_name == "GSM8K (5-shot)"
+
+
+def ran(tasks: list[tuple], datasets: dict) -> dict:
+    """RESULTS as evaluate.evaluate writes it: with the task list that ran and its datasets."""
+    results = copy.deepcopy(RESULTS)
+    results["reprotune"] = {"tasks": [dict(task=t, num_fewshot=n, metric=m, filter=f) for t, n, m, f in tasks],
+                            "datasets": datasets}
+    return results
+
+
+def test_model_index_follows_the_tasks_that_ran(tmp_path):
+    datasets = {"arc_challenge": {"repo": "allenai/ai2_arc", "revision": "c" * 40, "config": "ARC-Challenge",
+                                  "split": "test"},
+                "gsm8k": {"repo": "openai/gsm8k", "revision": "d" * 40, "config": "main", "split": "test"}}
+    results = ran([("gsm8k", 5, "exact_match", "flexible-extract"), ("arc_challenge", 25, "acc", "none")], datasets)
+    text = render(make_spec(tmp_path, results=results), tmp_path / "README.md")
+    got = [(e.dataset_type, e.dataset_config, e.dataset_split, e.dataset_args, e.metric_type, e.metric_value)
+           for e in ModelCard(text).data.eval_results]
+    assert sorted(got) == sorted([
+        ("openai/gsm8k", "main", "test", {"num_few_shot": 5}, "exact_match",
+         round(RESULTS["results"]["gsm8k"]["exact_match,flexible-extract"] * 100, 2)),
+        ("allenai/ai2_arc", "ARC-Challenge", "test", {"num_few_shot": 25}, "acc",
+         round(RESULTS["results"]["arc_challenge"]["acc,none"] * 100, 2))])
+    rows = table_rows(section(split_card(text)[1], "Evaluation"))
+    # in the recipe's order
+    assert [r[1:4] for r in rows[1:]] == [["`gsm8k`", "`exact_match,flexible-extract`", "5"],
+                                          ["`arc_challenge`", "`acc,none`", "25"]]
+    assert not any(r[0] == "Avg." for r in rows)  # acc is not the leaderboard's ARC metric
+
+
+def test_model_index_of_a_v2_task_with_several_metrics(tmp_path):
+    results = copy.deepcopy(RESULTS)
+    results["results"]["leaderboard_ifeval"] = {"alias": "leaderboard_ifeval", "prompt_level_strict_acc,none": 0.25,
+                                                "inst_level_loose_acc,none": 0.5}
+    results["reprotune"] = {"tasks": [
+        dict(task="leaderboard_ifeval", num_fewshot=0, metric="prompt_level_strict_acc", filter="none"),
+        dict(task="leaderboard_ifeval", num_fewshot=0, metric="inst_level_loose_acc", filter="none")],
+        "datasets": {"leaderboard_ifeval": {"repo": "wis-k/instruction-following-eval", "revision": "mirror",
+                                            "config": None, "split": "train"}}}
+    fm, _ = split_card(render(make_spec(tmp_path, results=results), tmp_path / "README.md"))
+    (entry,) = fm["model-index"][0]["results"]
+    assert entry["dataset"] == {"name": "IFEval (0-shot)", "type": "wis-k/instruction-following-eval",
+                                "split": "train", "args": {"num_few_shot": 0}}
+    assert [(m["type"], m["value"]) for m in entry["metrics"]] == [("prompt_level_strict_acc", 25.0),
+                                                                    ("inst_level_loose_acc", 50.0)]
 
 
 def test_license_name_only_for_other(tmp_path):

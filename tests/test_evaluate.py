@@ -1,4 +1,6 @@
-"""Tests for the eval fixtures, the tiny_* lm-eval tasks and reprotune.evaluate."""
+"""Evaluation from config: presets, the eval-data registry and catalog, validation,
+the eval fixtures (real Hub layouts), the eval-data download, and real lm-eval runs of
+the tiny v1/v2 suites and a custom task list on a tiny random model."""
 from __future__ import annotations
 
 import os
@@ -7,202 +9,320 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import copy
+import csv
+import io
 import json
-import re
 import shutil
-import time
+import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from reprotune.evaluate import SUITES, TASKS_DIR, VOLATILE_KEYS, evaluate, fixture_root, summary
-from reprotune.io import read_json, read_jsonl
+from reprotune import eval_tasks, plan
+from reprotune.download import fetch_dataset, read_sums
+from reprotune.eval_tasks import make_catalog as catalog_mod
+from reprotune.evaluate import VOLATILE_KEYS, EvalError, evaluate, summary
+from reprotune.io import read_json
+from reprotune.recipe import RecipeError, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-FX = ROOT / "fixtures" / "eval"
+MIRROR = ROOT / "fixtures" / "hub"
+SUMS = ROOT / "fixtures" / "SHA256SUMS"
+RECIPE = ROOT / "recipes" / "tulu-v2-qlora-70b.yaml"
+
+V1 = [("arc_challenge", 25, "acc_norm", "none"), ("hellaswag", 10, "acc_norm", "none"), ("mmlu", 5, "acc", "none"),
+      ("truthfulqa_mc2", 0, "acc", "none"), ("winogrande", 5, "acc", "none"),
+      ("gsm8k", 5, "exact_match", "strict-match")]
+V2 = [("leaderboard_ifeval", 0, m, "none") for m in ("prompt_level_strict_acc", "inst_level_strict_acc",
+                                                       "prompt_level_loose_acc", "inst_level_loose_acc")] + [
+    ("leaderboard_bbh", 3, "acc_norm", "none"), ("leaderboard_math_hard", 4, "exact_match", "none"),
+    ("leaderboard_gpqa", 0, "acc_norm", "none"), ("leaderboard_musr", 0, "acc_norm", "none"),
+    ("leaderboard_mmlu_pro", 5, "acc", "none")]
+CUSTOM = [{"task": "arc_challenge", "num_fewshot": 2, "metric": "acc"},
+          {"task": "gsm8k", "num_fewshot": 1, "metric": "exact_match", "filter": "flexible-extract"}]
 
 
-def rows(task: str, split: str) -> list[dict]:
-    return list(read_jsonl(FX / task / f"{split}.jsonl"))
+def rows(tasks: list[dict]) -> list[tuple]:
+    return [(t["task"], t["num_fewshot"], t["metric"], t["filter"]) for t in tasks]
 
 
-def _is_str_list(x, n=None):
-    return isinstance(x, list) and all(isinstance(s, str) and s for s in x) and (n is None or len(x) == n)
+# --------------------------------------------------------------------------- config
+
+def test_catalog_matches_installed_lm_eval():
+    names, text = catalog_mod.build()
+    assert eval_tasks.NAMES_FILE.read_text(encoding="utf-8") == names, "run python -m reprotune.eval_tasks.make_catalog"
+    assert eval_tasks.CATALOG_FILE.read_text(encoding="utf-8") == text, "run python -m reprotune.eval_tasks.make_catalog"
 
 
-# --------------------------------------------------------------------------- fixture schemas
-
-def test_arc_schema():
-    counts = {}
-    for split in ("train", "validation", "test"):
-        rs = rows("arc_challenge", split)
-        counts[split] = len(rs)
-        for r in rs:
-            assert set(r) == {"id", "question", "choices", "answerKey"}
-            assert isinstance(r["id"], str) and isinstance(r["question"], str)
-            assert set(r["choices"]) == {"text", "label"}
-            assert _is_str_list(r["choices"]["text"], 4)
-            assert r["choices"]["label"] == ["A", "B", "C", "D"]
-            assert r["answerKey"] in r["choices"]["label"]
-        assert len({r["id"] for r in rs}) == len(rs)
-    assert counts["train"] >= 26 and counts["test"] >= 10  # 25 shots (+1: lm-eval samples n+1)
+def test_registry_repos_are_lm_evals_datasets():
+    assert set(eval_tasks.catalog()["tasks"]) == set(eval_tasks.registry())
+    for task, reg in eval_tasks.registry().items():
+        assert reg["builder"] in ("parquet", "csv", "json"), task
+        for leaf in eval_tasks.leaves(task).values():
+            assert leaf["dataset_path"] == reg["repo"], (task, leaf)
+            used = {v for k, v in leaf["splits"].items() if v}
+            assert used <= set(reg["data_files"]), (task, used)
 
 
-def test_hellaswag_schema():
-    keys = {"ind", "activity_label", "ctx_a", "ctx_b", "ctx", "endings", "source_id", "split", "split_type", "label"}
-    for split, tag, n in (("train", "train", 11), ("validation", "val", 10)):
-        rs = rows("hellaswag", split)
-        assert len(rs) >= n
-        for r in rs:
-            assert set(r) == keys
-            assert isinstance(r["ind"], int) and not isinstance(r["ind"], bool)
-            for k in ("activity_label", "ctx_a", "ctx_b", "ctx", "source_id", "split_type"):
-                assert isinstance(r[k], str)
-            assert r["ctx"] == (r["ctx_a"] + " " + r["ctx_b"]).strip()
-            assert _is_str_list(r["endings"], 4)
-            assert r["label"] in ("0", "1", "2", "3")  # a string, as on the Hub
-            assert r["split"] == tag and r["split_type"] in ("indomain", "zeroshot")
-            assert re.fullmatch(r"(activitynet~v_\w+|wikihow~\d+)", r["source_id"])
+def test_presets_take_shots_and_metrics_from_lm_eval():
+    assert rows(eval_tasks.expand({"suite": "open_llm_v1"})) == V1
+    assert rows(eval_tasks.expand({"suite": "open_llm_v2"})) == V2
+    for name in eval_tasks.presets():
+        for t in eval_tasks.expand({"suite": name}):
+            info = eval_tasks.catalog()["tasks"][t["task"]]
+            assert f"{t['metric']},{t['filter']}" in info["result_keys"]
+            yaml_shots = {leaf["num_fewshot"] for leaf in info["leaves"].values()} - {None}
+            assert yaml_shots in (set(), {t["num_fewshot"]}), (t, yaml_shots)
 
 
-def test_mmlu_schema():
-    for split, n in (("dev", 5), ("test", 10)):
-        rs = rows("mmlu", split)
-        assert len(rs) >= n
-        for r in rs:
-            assert set(r) == {"question", "subject", "choices", "answer"}
-            assert isinstance(r["question"], str) and re.fullmatch(r"[a-z_]+", r["subject"])
-            assert _is_str_list(r["choices"], 4)
-            assert type(r["answer"]) is int and 0 <= r["answer"] <= 3
+def test_custom_task_list_expands_filter():
+    assert rows(eval_tasks.expand({"tasks": CUSTOM})) == [("arc_challenge", 2, "acc", "none"),
+                                                          ("gsm8k", 1, "exact_match", "flexible-extract")]
+    assert eval_tasks.task_names({"suite": "open_llm_v2"})[:2] == ["leaderboard_ifeval", "leaderboard_bbh"]
 
 
-def test_truthfulqa_schema():
-    rs = rows("truthfulqa_mc", "validation")
-    assert len(rs) >= 10
-    for r in rs:
-        assert set(r) == {"question", "mc1_targets", "mc2_targets"}
-        for k in ("mc1_targets", "mc2_targets"):
-            t = r[k]
-            assert set(t) == {"choices", "labels"}
-            assert _is_str_list(t["choices"]) and len(t["choices"]) == len(t["labels"]) >= 2
-            assert all(type(x) is int and x in (0, 1) for x in t["labels"])
-            assert t["labels"][0] == 1 and 0 in t["labels"]  # true answers first, as in the dataset
-        assert sum(r["mc1_targets"]["labels"]) == 1
+def test_seed_recipes_stay_on_v1_and_a_recipe_can_choose_v2(tmp_path):
+    for p in sorted((ROOT / "recipes").glob("*.yaml")):
+        assert yaml.safe_load(p.read_text())["eval"]["suite"] == "open_llm_v1", p.name
+    path = _recipe_with(tmp_path, {"suite": "open_llm_v2", "batch_size": 1})
+    r = load_recipe(path, ROOT / "overlays" / "tiny.yaml")
+    assert rows(plan.eval_spec(r)["tasks"]) == V2 and plan.eval_spec(r)["limit"] == 10
+    assert list(plan.eval_data_dirs(r)) == list(dict.fromkeys(t[0] for t in V2))
 
 
-def test_winogrande_schema():
-    for split, n in (("train", 6), ("validation", 10)):
-        rs = rows("winogrande", split)
-        assert len(rs) >= n
-        for r in rs:
-            assert set(r) == {"sentence", "option1", "option2", "answer"}
-            assert r["sentence"].count("_") == 1
-            assert isinstance(r["option1"], str) and isinstance(r["option2"], str)
-            assert r["answer"] in ("1", "2")
+def _recipe_with(tmp_path: Path, ev: dict) -> Path:
+    data = yaml.safe_load(RECIPE.read_text())
+    data["eval"] = ev
+    path = tmp_path / RECIPE.name
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
-def test_gsm8k_schema():
-    for split, n in (("train", 6), ("test", 8)):
-        rs = rows("gsm8k", split)
-        assert len(rs) >= n
-        for r in rs:
-            assert set(r) == {"question", "answer"}
-            last = r["answer"].splitlines()[-1]
-            assert re.fullmatch(r"#### -?\d+", last), last
-            # the worked solution's calculator annotations agree with the final answer
-            calcs = re.findall(r"<<[^=]+=([-\d.]+)>>", r["answer"])
-            assert calcs and float(calcs[-1]) == float(last[5:])
+def _task(**kw):
+    return {**CUSTOM[0], **kw}
 
 
-def test_task_yamls_mirror_suite():
-    tiny = {t["task"]: t for t in SUITES["tiny_open_llm_v1"]}
-    real = {t["task"]: t for t in SUITES["open_llm_v1"]}
-    assert set(tiny) == {"tiny_" + k for k in real}
-    assert [(t["num_fewshot"], t["metric"]) for t in SUITES["open_llm_v1"]] == [
-        (25, "acc_norm"), (10, "acc_norm"), (5, "acc"), (0, "acc"), (5, "acc"), (5, "exact_match")]
-    seen = set()
-    for path in sorted(TASKS_DIR.glob("*.yaml")):
-        text = "\n".join(l for l in path.read_text().splitlines() if "!function" not in l)
-        cfg = yaml.safe_load(text)
-        name = cfg["task"]
-        seen.add(name)
-        assert cfg["dataset_path"] == "json"
-        assert cfg["num_fewshot"] == tiny[name]["num_fewshot"]
-        assert tiny[name]["metric"] in {m["metric"] for m in cfg["metric_list"]}
-        for rel in cfg["dataset_kwargs"]["data_files"].values():
-            assert not Path(rel).is_absolute() and (FX / rel).is_file(), rel
-    assert seen == set(tiny)
-    assert fixture_root() == FX.resolve()
+BAD = [
+    ({"tasks": [CUSTOM[0], _task(task="leaderbord_bbh")]},
+     "key 'eval.tasks.1.task': 'leaderbord_bbh' is not an lm-eval task (lm-eval 0.4.13; did you mean 'leaderboard_bbh'?)"),
+    ({"tasks": [_task(task="arc_easy")]}, "key 'eval.tasks.0.task': lm-eval task 'arc_easy' has no eval-data registry"),
+    ({"tasks": [_task(metric="f1")]},
+     "key 'eval.tasks.0.metric': 'f1' is not a metric of lm-eval task 'arc_challenge' (expected one of: acc, acc_norm)"),
+    ({"tasks": [_task(num_fewshot=-1)]}, "key 'eval.tasks.0.num_fewshot': -1 is out of range (expected >= 0)"),
+    ({"tasks": [_task(task="gsm8k", metric="exact_match")]},
+     "key 'eval.tasks.0.filter': 'gsm8k' reports 'exact_match' under several filters: give one of: "
+     "flexible-extract, strict-match"),
+    ({"tasks": [_task(filter="strict-match")]}, "key 'eval.tasks.0.filter': 'strict-match' is not a filter"),
+    ({"tasks": [CUSTOM[0], _task(metric="acc_norm", num_fewshot=3)]},
+     "key 'eval.tasks.1.num_fewshot': 'arc_challenge' is listed with 2 and 3 shots"),
+    ({"tasks": [CUSTOM[0], CUSTOM[0]]}, "key 'eval.tasks.1': 'arc_challenge' 'acc' is listed twice"),
+    ({"suite": "open_llm_v1", "tasks": CUSTOM}, "key 'eval': give either 'suite' (open_llm_v1 | open_llm_v2) or 'tasks', not both"),
+    ({"batch_size": 1}, "key 'eval': give either 'suite'"),
+    ({"suite": "open_llm_v3"}, "key 'eval.suite': 'open_llm_v3' is not allowed"),
+    ({"tasks": [{"task": "mmlu", "num_fewshot": 5}]}, "missing required key 'eval.tasks.0.metric'"),
+]
 
 
-# --------------------------------------------------------------------------- evaluate
+@pytest.mark.parametrize("ev,expected", BAD, ids=[e for _, e in BAD])
+def test_bad_eval_block_one_clear_line(tmp_path, ev, expected):
+    path = _recipe_with(tmp_path, ev)
+    with pytest.raises(RecipeError) as ei:
+        load_recipe(path)
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: "), msg
+    assert expected in msg, msg
+
+
+def test_recipe_load_does_not_import_lm_eval(tmp_path):
+    code = ("import sys; from reprotune.recipe import load_recipe; from reprotune import plan; "
+            f"r = load_recipe({str(_recipe_with(tmp_path, {'suite': 'open_llm_v2'}))!r}); plan.eval_spec(r); "
+            "assert 'lm_eval' not in sys.modules and 'datasets' not in sys.modules")
+    import subprocess
+
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+
+
+# --------------------------------------------------------------------------- fixtures
+
+# real column names of each repo's files (Hub dataset viewers / lm-eval's doc_to_text)
+COLUMNS = {
+    "allenai/ai2_arc": ["id", "question", "choices", "answerKey"],
+    "Rowan/hellaswag": ["ind", "activity_label", "ctx_a", "ctx_b", "ctx", "endings", "source_id", "split",
+                        "split_type", "label"],
+    "cais/mmlu": ["question", "subject", "choices", "answer"],
+    "truthfulqa/truthful_qa": ["question", "mc1_targets", "mc2_targets"],
+    "allenai/winogrande": ["sentence", "option1", "option2", "answer"],
+    "openai/gsm8k": ["question", "answer"],
+    "wis-k/instruction-following-eval": ["key", "prompt", "instruction_id_list", "kwargs"],
+    "SaylorTwift/bbh": ["input", "target"],
+    "DigitalLearningGmbH/MATH-lighteval": ["problem", "level", "solution", "type"],
+    "TAUR-Lab/MuSR": ["narrative", "question", "choices", "answer_index", "answer_choice"],
+    "TIGER-Lab/MMLU-Pro": ["question_id", "question", "options", "answer", "answer_index", "cot_content",
+                           "category", "src"],
+}
+
+
+def _columns(path: Path) -> list[str]:
+    if path.suffix == ".csv":
+        return next(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+    return pq.read_schema(path).names
+
+
+def test_fixtures_have_every_leaf_split_in_the_real_layout():
+    pins = read_sums(SUMS)
+    for task, reg in eval_tasks.registry().items():
+        repo_root = MIRROR / "datasets" / reg["repo"]
+        files = sorted(p.relative_to(repo_root).as_posix() for p in repo_root.rglob("*") if p.is_file())
+        for leaf in eval_tasks.leaves(task):
+            for split, paths in eval_tasks.data_files(task, leaf, files).items():
+                for rel in paths:
+                    assert f"datasets/{reg['repo']}/{rel}" in pins, rel
+                    cols = _columns(repo_root / rel)
+                    if reg["repo"] == "Idavidrein/gpqa":
+                        assert {"Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 3"} <= set(cols)
+                    else:
+                        assert cols == COLUMNS[reg["repo"]], (task, rel)
+
+
+def test_fixture_generator_reproduces_the_pinned_files(tmp_path):
+    sys.path.insert(0, str(ROOT / "fixtures"))
+    import make_eval_fixtures as gen
+
+    files = gen.build()
+    for rel, data in files.items():
+        assert (MIRROR / rel).read_bytes() == data, rel
+    sums = tmp_path / "SHA256SUMS"
+    shutil.copy(SUMS, sums)
+    gen.repin(sums, files)
+    assert sums.read_text() == SUMS.read_text()  # pinned, and the training-source lines kept
+
+
+# --------------------------------------------------------------------------- eval-data download
+
+def test_eval_data_download_from_the_mirror_writes_pinned_manifest(tmp_path):
+    recipe = {"id": "r", "hub_mirror": "fixtures/hub"}
+    spec = plan.eval_download_spec(recipe, "leaderboard_gpqa", "ignored.lock.json", frozen=True)
+    assert "lock" not in spec  # a mirror is pinned by its SHA256SUMS
+    man = fetch_dataset(spec, tmp_path / "gpqa", MIRROR)
+    assert sorted(man["files"]) == ["gpqa_diamond.csv", "gpqa_extended.csv", "gpqa_main.csv"]
+    pins = plan.repo_pins(recipe, "Idavidrein/gpqa")
+    assert {f"datasets/Idavidrein/gpqa/{p}": f["sha256"] for p, f in man["files"].items()} == pins
+    assert read_json(tmp_path / "gpqa" / "manifest.json") == man
+
+
+def test_eval_data_download_from_the_hub_writes_a_lock_entry(tmp_path, monkeypatch):
+    from test_download import FakeHub
+
+    from reprotune.lock import get_entry
+
+    files = {f"ARC-{c}/{s}-00000-of-00001.parquet": f"{c}{s}".encode() for c in ("Challenge", "Easy")
+             for s in ("train", "validation", "test")}
+    FakeHub(tmp_path / "cache", {**files, "README.md": b"card"}).install(monkeypatch)
+    lock = tmp_path / "r.lock.json"
+    spec = plan.eval_download_spec({"id": "r", "hub_mirror": None}, "arc_challenge", str(lock))
+    man = fetch_dataset(spec, tmp_path / "arc", None)
+    assert sorted(man["files"]) == sorted(p for p in files if p.startswith("ARC-Challenge/"))
+    entry = get_entry(lock, plan.eval_lock_key("arc_challenge"))
+    assert entry["repo"] == "allenai/ai2_arc" and entry["revision"] == "a" * 40
+    assert entry["files"] == {p: {"sha256": f["sha256"], "size": f["size"]} for p, f in man["files"].items()}
+    frozen = {**spec, "frozen": True}
+    assert fetch_dataset(frozen, tmp_path / "arc2", None) == man  # the lock entry satisfies frozen
+
+
+# --------------------------------------------------------------------------- lm-eval runs
+
+def _data(root: Path, tasks: list[str]) -> dict[str, Path]:
+    out = {}
+    for t in tasks:
+        out[t] = root / t
+        fetch_dataset(plan.eval_download_spec({"id": "r", "hub_mirror": "fixtures/hub"}, t), out[t], MIRROR)
+    return out
+
+
+def _run(root: Path, model: Path, name: str, ev: dict, limit: int, data_root: Path) -> Path:
+    spec = {"tasks": eval_tasks.expand(ev), "suite": ev.get("suite"), "batch_size": 4, "limit": limit,
+            "seed": 1234, "device": "cpu", "nltk_data": "fixtures/eval/nltk_data"}
+    out = root / name / "results.json"
+    evaluate(spec, model, out, _data(data_root, eval_tasks.task_names(ev)))
+    return out
+
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
+def runs(tmp_path_factory):
     from test_merge import build_tiny_base  # the tiny Llama builder shared with the merge tests
 
     root = tmp_path_factory.mktemp("eval")
     m1 = build_tiny_base(root / "model_a")
-    m2 = root / "elsewhere" / "model_b"  # same weights at another path
+    m2 = root / "elsewhere" / "model_b"  # same weights at another path, data at other paths too
     shutil.copytree(m1, m2)
-    spec = {"suite": "tiny_open_llm_v1", "batch_size": 4, "limit": 10, "seed": 1234, "device": "cpu"}
-    outs, walls = [], []
-    for i, m in enumerate((m1, m2)):
-        out = root / f"run{i}" / "eval" / "results.json"
-        t0 = time.monotonic()
-        res = evaluate(spec, m, out)
-        walls.append(time.monotonic() - t0)
-        outs.append((out, res))
-    print(f"tiny suite eval wall time: {walls[0]:.1f}s, {walls[1]:.1f}s")
-    return {"root": root, "outs": outs, "walls": walls}
+    out = {"root": root}
+    for name, ev, limit in (("v1", {"suite": "open_llm_v1"}, 2), ("v2", {"suite": "open_llm_v2"}, 1)):
+        out[name] = [_run(root, m, f"{name}_{i}", ev, limit, root / f"data{i}") for i, m in enumerate((m1, m2))]
+    out["custom"] = _run(root, m1, "custom", {"tasks": CUSTOM}, 2, root / "data0")
+    return out
 
 
-def test_eval_results_all_tasks(two_runs):
-    out, res = two_runs["outs"][0]
-    assert read_json(out) == res
-    for t in SUITES["tiny_open_llm_v1"]:
-        r = res["results"][t["task"]]
-        key = f"{t['metric']},{t['filter']}"
-        assert isinstance(r[key], float) and 0.0 <= r[key] <= 1.0, (t["task"], r)
-        assert f"{t['metric']}_stderr,{t['filter']}" in r
-        assert res["n-shot"][t["task"]] == t["num_fewshot"]
-        assert res["configs"][t["task"]]["num_fewshot"] == t["num_fewshot"]
-        ns = res["n-samples"][t["task"]]
-        assert ns["effective"] == min(10, ns["original"])
-    assert "acc_norm,none" in res["results"]["tiny_arc_challenge"]
-    assert "acc_norm,none" in res["results"]["tiny_hellaswag"]
-    assert "exact_match,flexible-extract" in res["results"]["tiny_gsm8k"]
-    assert res["config"]["random_seed"] == res["config"]["fewshot_seed"] == 1234
-    assert res["config"]["model_args"] == "pretrained=<model_dir>,dtype=float32,trust_remote_code=False"
+@pytest.mark.parametrize("name,expected", [("v1", V1), ("v2", V2)])
+def test_suite_runs_the_real_tasks_on_local_data(runs, name, expected):
+    res = read_json(runs[name][0])
+    got = [(r["task"], r["n_shot"], r["metric"], r["filter"]) for r in summary(res)]
+    assert got == expected
+    for r in summary(res):
+        assert isinstance(r["value"], float) and 0.0 <= r["value"] <= 1.0, r
+        assert r["dataset"]["revision"] == "mirror"
+    for task, shots, _, _ in expected:
+        reg = eval_tasks.registry()[task]
+        for leaf in eval_tasks.leaves(task):
+            cfg = res["configs"][leaf]
+            assert cfg["num_fewshot"] == shots and cfg["dataset_path"] == reg["builder"], leaf
+            files = [f for fs in cfg["dataset_kwargs"]["data_files"].values() for f in fs]
+            assert files and all(f.startswith(f"<data:{task}>/") for f in files), files
+    assert res["reprotune"]["suite"] == f"open_llm_{name}"
 
 
-def test_eval_results_byte_identical_and_path_free(two_runs):
-    (o1, _), (o2, _) = two_runs["outs"]
-    assert o1.read_bytes() == o2.read_bytes()
-    assert (o1.parent / "summary.json").read_bytes() == (o2.parent / "summary.json").read_bytes()
-    text = o1.read_text()
-    assert str(two_runs["root"]) not in text and str(ROOT) not in text and "/tmp" not in text
-    data = json.loads(text)
-    assert not set(VOLATILE_KEYS) & set(data)
+def test_results_and_summary_byte_identical_and_path_free(runs):
+    for name in ("v1", "v2"):
+        o1, o2 = runs[name]
+        assert o1.read_bytes() == o2.read_bytes(), name
+        assert (o1.parent / "summary.json").read_bytes() == (o2.parent / "summary.json").read_bytes()
+        text = o1.read_text()
+        assert str(runs["root"]) not in text and str(ROOT) not in text and "/tmp" not in text
+        assert not set(VOLATILE_KEYS) & set(json.loads(text))
+        run1 = read_json(o1.with_suffix(".runinfo.json"))
+        assert run1["path_substitutions"]["<data:gsm8k>" if name == "v1" else "<nltk_data>"]
 
 
-def test_runinfo_holds_volatile_keys(two_runs):
-    (o1, _), (o2, _) = two_runs["outs"]
-    r1 = read_json(o1.with_suffix(".runinfo.json"))
-    r2 = read_json(o2.with_suffix(".runinfo.json"))
-    for k in ("date", "pretty_env_info", "git_hash", "config.model_args", "path_substitutions", "wall_seconds"):
-        assert k in r1, k
-    assert r1["config.model_args"] != r2["config.model_args"]  # the two model paths
-    assert r1["path_substitutions"]["<fixtures>"] == str(FX.resolve())
+def test_custom_task_list_runs_with_its_own_shots_and_filter(runs):
+    res = read_json(runs["custom"])
+    assert [(r["task"], r["n_shot"], r["lm_eval_metric"]) for r in summary(res)] == [
+        ("arc_challenge", 2, "acc,none"), ("gsm8k", 1, "exact_match,flexible-extract")]
+    assert res["n-shot"] == {"arc_challenge": 2, "gsm8k": 1}
 
 
-def test_summary(two_runs):
-    out, res = two_runs["outs"][0]
-    rows_ = read_json(out.parent / "summary.json")
-    assert rows_ == summary(res)
-    assert [(r["task"], r["n_shot"], r["metric"]) for r in rows_] == [
-        ("tiny_arc_challenge", 25, "acc_norm"), ("tiny_hellaswag", 10, "acc_norm"), ("tiny_mmlu", 5, "acc"),
-        ("tiny_truthfulqa_mc2", 0, "mc2"), ("tiny_winogrande", 5, "acc"), ("tiny_gsm8k", 5, "exact_match")]
-    for r in rows_:
-        assert isinstance(r["value"], float) and isinstance(r["stderr"], float)
+def test_card_model_index_follows_what_ran(runs, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from reprotune.card import render
+    from test_card import make_spec
+
+    for out in (runs["v2"][0], runs["custom"]):
+        res = read_json(out)
+        text = render(make_spec(tmp_path, results=out), tmp_path / "README.md")
+        got = sorted((e.dataset_type, e.dataset_args["num_few_shot"], e.metric_type, e.metric_value)
+                     for e in ModelCard(text).data.eval_results)
+        want = sorted((r["dataset"]["repo"], r["n_shot"], r["metric"], round(r["value"] * 100, 2))
+                      for r in summary(res))
+        assert got == want
+
+
+def test_missing_eval_data_is_one_clear_error(tmp_path):
+    from test_merge import build_tiny_base
+
+    spec = {"tasks": eval_tasks.expand({"tasks": CUSTOM[:1]}), "device": "cpu"}
+    with pytest.raises(EvalError, match=r"arc_challenge: no eval data dir given \(--eval-data arc_challenge=DIR\)"):
+        evaluate(spec, build_tiny_base(tmp_path / "m"), tmp_path / "out" / "results.json", {})
+    with pytest.raises(EvalError, match="manifest.json missing"):
+        evaluate(spec, tmp_path / "m", tmp_path / "out" / "results.json", {"arc_challenge": tmp_path / "nope"})

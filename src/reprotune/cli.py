@@ -97,7 +97,7 @@ def cmd_merge(a) -> int:
 def cmd_evaluate(a) -> int:
     from . import evaluate
 
-    evaluate.evaluate(_spec(a.spec), Path(a.model), Path(a.out))
+    evaluate.evaluate(_spec(a.spec), Path(a.model), Path(a.out), _pairs(a.eval_data))
     if a.runinfo:
         # lm-eval's run-dependent sidecar (dates, wall times, paths) belongs in logs/, not results/
         sidecar = Path(a.out).with_suffix(".runinfo.json")
@@ -210,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True)
     s.add_argument("--model", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--eval-data", nargs="+", metavar="TASK=DIR",
+                   help="each task's downloaded eval data (resources/eval/<recipe>/<task>)")
     s.add_argument("--runinfo", help="move lm-eval's run-info sidecar here (a log path)")
     s.set_defaults(fn=cmd_evaluate)
 

@@ -1,24 +1,30 @@
 """Evaluate a merged model with lm-evaluation-harness (stage ``evaluate``).
 
-``evaluate(spec, model_dir, out_json) -> results``
+``evaluate(spec, model_dir, out_json, data_dirs) -> results``
 
-spec keys
----------
-``suite``       ``open_llm_v1`` (the real leaderboard-v1 tasks, Hub datasets) or
-                ``tiny_open_llm_v1`` (the local ``tiny_*`` tasks on ``fixtures/eval``)
+spec keys (``plan.eval_spec``)
+------------------------------
+``tasks``       ``[{task, num_fewshot, metric, filter}]``: lm-eval tasks or groups (a preset
+                of ``eval_tasks/presets.yaml`` expanded, or the recipe's own list)
+``suite``       the preset's name, when the recipe chose one (recorded only)
 ``batch_size``  int (default 1)
-``limit``       docs per task, null = all
+``limit``       docs per leaf task, null = all
 ``seed``        default 1234; used for lm-eval's random/numpy/torch/fewshot seeds
 ``device``      default ``cpu``
-``fixtures``    optional fixture root for the tiny suite (default: ``./fixtures/eval``
-                if it exists, else ``<repo>/fixtures/eval`` next to the package)
+``nltk_data``   optional NLTK data dir (repository-relative or absolute) for tasks whose
+                registry entry lists ``nltk`` resources (IFEval); without it they must be
+                findable on NLTK's own path, else the run stops before lm-eval tries to fetch them
 
-How it runs: the model is loaded once (``HFLM`` from
-``model_args="pretrained=<dir>,dtype=float32,trust_remote_code=False"``, the same
-object ``simple_evaluate(model="hf", model_args=...)`` builds), then
-``lm_eval.simple_evaluate`` is called once per distinct shot count of the suite
-(``num_fewshot`` is a single number per call and the real task YAMLs do not all set
-it); the per-call results are merged into one results dict of lm-eval's usual shape.
+``data_dirs``: ``{task: dir}``, one eval-data download per task (``manifest.json`` + the
+repo files, ``resources/eval/<recipe>/<task>/``). Every task runs on those local files
+only: for each leaf task of lm-eval's own config a small YAML in a temporary include dir
+``include:``s the installed lm-eval YAML and overrides only ``dataset_path`` (the
+registry's builder: parquet/csv/json), ``dataset_name`` (null), ``dataset_kwargs.data_files``
+(the leaf's splits, from the registry patterns) and ``num_fewshot``. The groups
+(``mmlu``, ``leaderboard_bbh``, ...) are lm-eval's own and pick up the overriding leaves,
+so prompts, metrics, filters and aggregation are the real ones. lm-eval's index is
+built over the catalog's ``yaml_dirs`` of the tasks only. One ``simple_evaluate`` call
+runs every task (the shots are per leaf YAML).
 
 Outputs
 -------
@@ -29,57 +35,34 @@ run-dependent parts removed so that two runs give byte-identical files:
   ``total_evaluation_time_seconds``, ``pretty_env_info``, ``git_hash``,
   ``upper_git_hash``, ``model_name`` (the model path), ``model_name_sanitized``;
   ``config.model_args`` (contains the model path) is kept with the path replaced;
-* absolute paths anywhere in the remaining dict (model dir, fixture root, the
-  generated task dir, the lm_eval package dir -- e.g. in
-  ``configs.*.dataset_kwargs.data_files`` and ``configs.*.metadata.config_source``)
-  are replaced by ``<model_dir>``, ``<fixtures>``, ``<tasks>``, ``<lm_eval>``.
+* absolute paths anywhere in the remaining dict (model dir, eval data dirs, the
+  generated task dir, the lm_eval package dir, the NLTK dir) are replaced by
+  ``<model_dir>``, ``<data:TASK>``, ``<tasks>``, ``<lm_eval>``, ``<nltk_data>``;
+* ``reprotune``: ``{"tasks": spec tasks, "datasets": {task: {repo, revision, config, split}}}``
+  (what ran, for ``summary`` and the card's model-index).
 
 ``out_json.with_suffix('.runinfo.json')``: the moved values, the path substitutions and
-the wall time of each ``simple_evaluate`` call (not deterministic, for logs only).
+the wall time (not deterministic, for logs only).
 
-``summary.json`` next to ``out_json``: ``summary(results)``, one row per suite task:
-``{task, n_shot, metric, value, stderr, lm_eval_metric}``.
+``summary.json`` next to ``out_json``: ``summary(results)``, one row per spec task:
+``{task, n_shot, metric, filter, lm_eval_metric, value, stderr, dataset}``.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
+import os
 import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_json
+from . import eval_tasks
+from .io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
-
-TASKS_DIR = Path(__file__).resolve().parent / "eval_tasks" / "tiny"
-
-# metric = lm-eval's metric name, filter = lm-eval's filter name (result key
-# "<metric>,<filter>"), name = what the Open LLM Leaderboard v1 called it.
-_V1 = [
-    {"task": "arc_challenge", "num_fewshot": 25, "metric": "acc_norm", "filter": "none", "name": "acc_norm"},
-    {"task": "hellaswag", "num_fewshot": 10, "metric": "acc_norm", "filter": "none", "name": "acc_norm"},
-    {"task": "mmlu", "num_fewshot": 5, "metric": "acc", "filter": "none", "name": "acc"},
-    {"task": "truthfulqa_mc2", "num_fewshot": 0, "metric": "acc", "filter": "none", "name": "mc2"},
-    {"task": "winogrande", "num_fewshot": 5, "metric": "acc", "filter": "none", "name": "acc"},
-    {"task": "gsm8k", "num_fewshot": 5, "metric": "exact_match", "filter": "strict-match", "name": "exact_match"},
-]
-# tiny task name -> YAML file in eval_tasks/tiny
-_TINY_FILES = {
-    "tiny_arc_challenge": "arc_challenge.yaml",
-    "tiny_hellaswag": "hellaswag.yaml",
-    "tiny_mmlu": "mmlu.yaml",
-    "tiny_truthfulqa_mc2": "truthfulqa_mc2.yaml",
-    "tiny_winogrande": "winogrande.yaml",
-    "tiny_gsm8k": "gsm8k.yaml",
-}
-SUITES: dict[str, list[dict]] = {
-    "open_llm_v1": _V1,
-    "tiny_open_llm_v1": [{**t, "task": "tiny_" + t["task"]} for t in _V1],
-}
+REPO = Path(__file__).resolve().parents[2]
 
 # top-level lm-eval result keys that differ between identical runs (or carry paths)
 VOLATILE_KEYS = (
@@ -93,9 +76,6 @@ VOLATILE_KEYS = (
     "model_name",
     "model_name_sanitized",
 )
-# dict-valued result sections merged across the per-shot-count calls
-_MERGED_SECTIONS = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot",
-                    "higher_is_better", "n-samples", "task_hashes")
 
 
 class EvalError(RuntimeError):
@@ -104,40 +84,81 @@ class EvalError(RuntimeError):
 
 # --------------------------------------------------------------------------- tasks
 
-def fixture_root(spec: dict | None = None) -> Path:
-    spec = spec or {}
-    candidates = []
-    if spec.get("fixtures"):
-        candidates.append(Path(spec["fixtures"]))
-    candidates += [Path.cwd() / "fixtures" / "eval", Path(__file__).resolve().parents[2] / "fixtures" / "eval"]
-    for c in candidates:
-        if c.is_dir():
-            return c.resolve()
-    raise EvalError(f"no eval fixture dir (tried {', '.join(map(str, candidates))})")
+def _manifest(task: str, data_dir: Path) -> dict:
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        raise EvalError(f"{task}: no eval data at {data_dir} (manifest.json missing; run download_eval_data)")
+    return read_json(path)
 
 
-def prepare_tasks(fixtures: Path, out_dir: Path) -> list[str]:
-    """Write one YAML per tiny task into ``out_dir``: it includes the packaged config
-    and sets ``data_files`` to absolute paths under ``fixtures``."""
+def leaf_wrapper(task: str, leaf: str, data_dir: Path, files: list[str], shots: int, lm_eval_tasks: Path) -> dict:
+    """The include-YAML that runs one leaf task of lm-eval on the local eval data."""
+    reg = eval_tasks.registry()[task]
+    try:
+        splits = eval_tasks.data_files(task, leaf, files)
+    except FileNotFoundError as e:
+        raise EvalError(f"{e} in {data_dir}") from None
+    return {
+        "include": str(lm_eval_tasks / eval_tasks.leaves(task)[leaf]["yaml"]),
+        "task": leaf,
+        "tag": [],  # the real tags (e.g. mmlu_stem_tasks) keep naming these leaves
+        "dataset_path": reg["builder"],
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {s: [str(Path(data_dir).resolve() / f) for f in fs]
+                                          for s, fs in splits.items()}},
+        "num_fewshot": shots,
+    }
+
+
+def prepare_tasks(tasks: list[dict], data_dirs: dict[str, Path], out_dir: Path, lm_eval_tasks: Path) -> dict:
+    """Write the leaf wrappers into ``out_dir``; return {task: dataset info} for results.json."""
     import yaml
 
-    names = []
-    for task, fname in sorted(_TINY_FILES.items()):
-        src = TASKS_DIR / fname
-        with open(src, encoding="utf-8") as f:
-            # plain safe_load cannot read "!function"; only data_files are needed here
-            text = "\n".join(line for line in f.read().splitlines() if "!function" not in line)
-        rel = yaml.safe_load(text)["dataset_kwargs"]["data_files"]
-        files = {}
-        for split, path in rel.items():
-            p = (fixtures / path).resolve()
-            if not p.is_file():
-                raise EvalError(f"{task}: fixture file missing: {p}")
-            files[split] = str(p)
-        wrapper = {"include": str(src), "task": task, "dataset_kwargs": {"data_files": files}}
-        (out_dir / f"{task}.yaml").write_text(yaml.safe_dump(wrapper, sort_keys=True), encoding="utf-8")
-        names.append(task)
-    return names
+    datasets = {}
+    for task in dict.fromkeys(t["task"] for t in tasks):
+        if task not in data_dirs:
+            raise EvalError(f"{task}: no eval data dir given (--eval-data {task}=DIR)")
+        man = _manifest(task, data_dirs[task])
+        shots = next(t["num_fewshot"] for t in tasks if t["task"] == task)
+        for leaf in eval_tasks.leaves(task):
+            cfg = leaf_wrapper(task, leaf, data_dirs[task], sorted(man["files"]), shots, lm_eval_tasks)
+            (out_dir / f"{leaf}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=True), encoding="utf-8")
+        datasets[task] = dataset_info(task, man)
+    return datasets
+
+
+def dataset_info(task: str, manifest: dict) -> dict:
+    """The model-index dataset of a task: repo, revision, config (one leaf only) and scored split."""
+    leaves = list(eval_tasks.leaves(task).values())
+    splits = {leaf["splits"]["test"] or leaf["splits"]["validation"] for leaf in leaves}
+    configs = {leaf["dataset_name"] for leaf in leaves}
+    return {"repo": manifest["repo"], "revision": manifest["revision"],
+            "config": configs.pop() if len(configs) == 1 else None,
+            "split": splits.pop() if len(splits) == 1 else None}
+
+
+def _nltk_setup(tasks: list[dict], spec: dict) -> str | None:
+    """Point NLTK at the spec's data dir when a task needs NLTK data; refuse a run that
+    would make lm-eval download it. Returns the dir used (for path scrubbing)."""
+    needs = sorted({r for t in tasks for r in eval_tasks.registry()[t["task"]].get("nltk", [])})
+    if not needs:
+        return None
+    import nltk
+
+    root = None
+    if spec.get("nltk_data"):
+        root = Path(spec["nltk_data"])
+        root = str((root if root.is_absolute() else REPO / root).resolve())
+        os.environ["NLTK_DATA"] = root
+        if root not in nltk.data.path:
+            nltk.data.path.insert(0, root)
+    for res in needs:
+        try:
+            nltk.data.find(res)
+        except LookupError:
+            raise EvalError(f"NLTK resource {res!r} not found (NLTK path: {', '.join(nltk.data.path)}); "
+                            "set eval nltk_data or NLTK_DATA to a dir that has it") from None
+    return root
 
 
 # --------------------------------------------------------------------------- results
@@ -194,143 +215,105 @@ def split_volatile(results: dict, subs: list[tuple[str, str]]) -> tuple[dict, di
     return _jsonable(stable), _jsonable(runinfo)
 
 
-def summary(results: dict, suite: str | None = None) -> list[dict]:
-    """One row per suite task: ``{task, n_shot, metric, value, stderr, lm_eval_metric}``.
+def _num(x: Any) -> float | int | None:
+    return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
-    ``suite`` defaults to the suite whose tasks are in ``results``."""
-    # groups (e.g. the real "mmlu") are reported in "results" and/or "groups"
+
+def summary(results: dict) -> list[dict]:
+    """One row per task of ``results["reprotune"]["tasks"]`` that has a result:
+    ``{task, n_shot, metric, filter, lm_eval_metric, value, stderr, dataset}``."""
+    # groups (e.g. "mmlu") are reported in "results" and/or "groups"
     res = {**results.get("groups", {}), **results.get("results", {})}
-    if suite is None:
-        suite = next((s for s, ts in SUITES.items() if all(t["task"] in res for t in ts)), None)
-        if suite is None:
-            suite = max(SUITES, key=lambda s: sum(t["task"] in res for t in SUITES[s]))
+    meta = results.get("reprotune") or {}
     rows = []
-    for t in SUITES[suite]:
+    for t in meta.get("tasks", []):
         if t["task"] not in res:
             continue
         r = res[t["task"]]
         key = f"{t['metric']},{t['filter']}"
-        skey = f"{t['metric']}_stderr,{t['filter']}"
-        value = r.get(key)
-        stderr = r.get(skey)
         rows.append({
-            "task": t["task"],
-            "n_shot": results.get("n-shot", {}).get(t["task"], t["num_fewshot"]),
-            "metric": t["name"],
-            "lm_eval_metric": key,
-            "value": value if isinstance(value, (int, float)) else None,
-            "stderr": stderr if isinstance(stderr, (int, float)) else None,
+            "task": t["task"], "n_shot": t["num_fewshot"], "metric": t["metric"], "filter": t["filter"],
+            "lm_eval_metric": key, "value": _num(r.get(key)),
+            "stderr": _num(r.get(f"{t['metric']}_stderr,{t['filter']}")),
+            "dataset": (meta.get("datasets") or {}).get(t["task"]),
         })
     return rows
 
 
-def _merge_results(acc: dict | None, new: dict) -> dict:
-    if acc is None:
-        return copy.deepcopy(new)
-    for sec in _MERGED_SECTIONS:
-        if sec in new:
-            acc.setdefault(sec, {}).update(new[sec])
-    for k in ("total_evaluation_time_seconds",):
-        if k in new and k in acc:
-            try:
-                acc[k] = str(float(acc[k]) + float(new[k]))
-            except (TypeError, ValueError):
-                pass
-    if "end_time" in new:
-        acc["end_time"] = new["end_time"]
-    return acc
-
-
 # --------------------------------------------------------------------------- entry point
 
-def evaluate(spec: dict, model_dir: Path, out_json: Path) -> dict:
-    """Run the suite on ``model_dir``; write results.json (+ .runinfo.json, summary.json)."""
+def _simple_evaluate(lm, spec: dict, names: list[str], task_manager) -> dict:
     import lm_eval
+
+    seed = int(spec["seed"]) if spec.get("seed") is not None else 1234
+    res = lm_eval.simple_evaluate(
+        model=lm, tasks=names, num_fewshot=None, batch_size=spec.get("batch_size", 1),
+        device=spec.get("device", "cpu"), limit=spec.get("limit"), random_seed=seed, numpy_random_seed=seed,
+        torch_random_seed=seed, fewshot_random_seed=seed, task_manager=task_manager, log_samples=False,
+    )
+    if res is None:
+        raise EvalError("lm-eval returned no results (not rank 0?)")
+    return res
+
+
+def _run(spec: dict, model_args: str, data_dirs: dict[str, Path], tmp: Path, lm_eval_tasks: Path) -> tuple[dict, dict]:
     from lm_eval.api.registry import get_model
     from lm_eval.tasks import TaskManager
 
+    tasks = spec["tasks"]
+    datasets = prepare_tasks(tasks, data_dirs, tmp, lm_eval_tasks)
+    dirs = sorted({d for t in datasets for d in eval_tasks.catalog()["tasks"][t]["yaml_dirs"]})
+    task_manager = TaskManager(include_path=[str(lm_eval_tasks / d) for d in dirs] + [str(tmp)],
+                               include_defaults=False)
+    device, batch_size = spec.get("device", "cpu"), spec.get("batch_size", 1)
+    log.info("loading the model for lm-eval (device=%s, batch_size=%s)", device, batch_size)
+    lm = get_model("hf").create_from_arg_string(model_args, {"batch_size": batch_size, "device": device})
+    names = list(datasets)
+    log.info("lm-eval: %s (limit=%s)", ", ".join(names), spec.get("limit"))
+    return _simple_evaluate(lm, spec, names, task_manager), datasets
+
+
+def evaluate(spec: dict, model_dir: Path, out_json: Path, data_dirs: dict[str, Path]) -> dict:
+    """Run the spec's tasks on ``model_dir`` over the local eval data; write results.json
+    (+ .runinfo.json, summary.json)."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # every file is local: never ask the Hub
+    import lm_eval
+
     spec = dict(spec or {})
-    suite_name = spec.get("suite", "open_llm_v1")
-    if suite_name not in SUITES:
-        raise EvalError(f"unknown eval suite {suite_name!r} (expected one of {sorted(SUITES)})")
-    suite = SUITES[suite_name]
-    batch_size = spec.get("batch_size", 1)
-    limit = spec.get("limit")
-    seed = int(spec["seed"]) if spec.get("seed") is not None else 1234
-    device = spec.get("device", "cpu")
-    model_dir = Path(model_dir)
-    out_json = Path(out_json)
+    if not spec.get("tasks"):
+        raise EvalError("eval spec has no tasks")
+    model_dir, out_json = Path(model_dir), Path(out_json)
+    data_dirs = {t: Path(d) for t, d in (data_dirs or {}).items()}
     if not (model_dir / "config.json").exists():
         raise EvalError(f"{model_dir} holds no model (config.json missing)")
-
     model_abs = str(model_dir.resolve())
     model_args = f"pretrained={model_abs},dtype=float32,trust_remote_code=False"
-    subs: list[tuple[str, str]] = [(model_abs, "<model_dir>")]
-    lm_eval_dir = str(Path(lm_eval.__file__).resolve().parent)
+    lm_eval_tasks = Path(lm_eval.__file__).resolve().parent / "tasks"
+    nltk_dir = _nltk_setup(spec["tasks"], spec)
 
+    t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="reprotune-tasks-") as tmp:
-        tmp_abs = str(Path(tmp).resolve())
-        if suite_name.startswith("tiny_"):
-            fx = fixture_root(spec)
-            prepare_tasks(fx, Path(tmp_abs))
-            task_manager = TaskManager(include_path=tmp_abs, include_defaults=False)
-            # longest first so a path that contains another is replaced whole
-            subs += [(str(TASKS_DIR), "<reprotune_tasks>"), (str(fx), "<fixtures>")]
-        else:
-            task_manager = TaskManager()
-        subs += [(tmp_abs, "<tasks>"), (lm_eval_dir, "<lm_eval>")]
-        subs.sort(key=lambda s: -len(s[0]))
+        tmp_abs = Path(tmp).resolve()
+        res, datasets = _run(spec, model_args, data_dirs, tmp_abs, lm_eval_tasks)
+        subs = [(model_abs, "<model_dir>"), (str(tmp_abs), "<tasks>"), (str(lm_eval_tasks.parent), "<lm_eval>")]
+    subs += [(str(d.resolve()), f"<data:{t}>") for t, d in data_dirs.items()]
+    subs += [(nltk_dir, "<nltk_data>")] if nltk_dir else []
+    subs.sort(key=lambda s: -len(s[0]))  # a path that contains another is replaced whole
 
-        log.info("loading %s for lm-eval (device=%s, batch_size=%s)", model_dir, device, batch_size)
-        lm = get_model("hf").create_from_arg_string(model_args, {"batch_size": batch_size, "device": device})
-
-        groups: dict[int, list[str]] = {}
-        for t in suite:
-            groups.setdefault(int(t["num_fewshot"]), []).append(t["task"])
-        merged: dict | None = None
-        timings = {}
-        for shots in sorted(groups, reverse=True):
-            names = groups[shots]
-            log.info("lm-eval: %s with num_fewshot=%d, limit=%s", ", ".join(names), shots, limit)
-            t0 = time.monotonic()
-            res = lm_eval.simple_evaluate(
-                model=lm,
-                model_args=model_args,
-                tasks=names,
-                num_fewshot=shots,
-                batch_size=batch_size,
-                device=device,
-                limit=limit,
-                random_seed=seed,
-                numpy_random_seed=seed,
-                torch_random_seed=seed,
-                fewshot_random_seed=seed,
-                task_manager=task_manager,
-                log_samples=False,
-            )
-            timings[f"num_fewshot={shots}"] = round(time.monotonic() - t0, 3)
-            if res is None:
-                raise EvalError("lm-eval returned no results (not rank 0?)")
-            merged = _merge_results(merged, res)
-        del lm
-
-    assert merged is not None
-    merged.setdefault("config", {})
-    merged["config"]["model"] = "hf"
-    merged["config"]["model_args"] = model_args
-    merged["config"]["num_fewshot_per_task"] = {t["task"]: t["num_fewshot"] for t in suite}
-    merged["suite"] = suite_name
-
-    have = set(merged.get("results", {})) | set(merged.get("groups", {}))
-    missing = [t["task"] for t in suite if t["task"] not in have]
+    res.setdefault("config", {})
+    res["config"].update(model="hf", model_args=model_args)
+    res["reprotune"] = {"tasks": spec["tasks"], "datasets": datasets, "suite": spec.get("suite")}
+    have = set(res.get("results", {})) | set(res.get("groups", {}))
+    missing = [t for t in datasets if t not in have]
     if missing:
         raise EvalError(f"lm-eval produced no results for {missing}")
 
-    stable, runinfo = split_volatile(merged, subs)
-    runinfo["wall_seconds"] = timings
+    stable, runinfo = split_volatile(res, subs)
+    runinfo["wall_seconds"] = round(time.monotonic() - t0, 3)
     atomic_write_json(out_json, stable)
     atomic_write_json(out_json.with_suffix(".runinfo.json"), runinfo)
-    atomic_write_json(out_json.parent / "summary.json", summary(stable, suite_name))
-    for row in summary(stable, suite_name):
-        log.info("%-22s %2d-shot %-12s %s", row["task"], row["n_shot"], row["metric"], row["value"])
+    rows = summary(stable)
+    atomic_write_json(out_json.parent / "summary.json", rows)
+    for row in rows:
+        log.info("%-22s %2d-shot %-24s %s", row["task"], row["n_shot"], row["lm_eval_metric"], row["value"])
     return stable

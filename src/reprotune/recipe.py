@@ -22,6 +22,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from . import eval_tasks
+
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
 
@@ -180,6 +182,10 @@ def check_semantics(recipe: dict, source: str) -> None:
         fail("merge.method", "'qlora_dequant' is for QLoRA adapters (train.method qlora)")
     if recipe["base_model"].get("trust_remote_code") and not recipe["base_model"].get("revision"):
         fail("base_model.trust_remote_code", "true only with a pinned base_model.revision")
+    try:
+        eval_tasks.check(recipe["eval"])
+    except eval_tasks.EvalConfigError as e:
+        fail(e.key, str(e))
     _check_base(recipe["base_model"], fail)
 
 

@@ -61,7 +61,15 @@ OPEN_LLM_TASKS: list[dict[str, Any]] = [
          metric_type="acc", metric_name="accuracy"),
 ]
 TASKS_BY_KEY = {t["key"]: t for t in OPEN_LLM_TASKS}
-TASK_PREFIXES = ("tiny_",)
+TASK_PREFIXES = ("tiny_",)  # task names of results.json files written before issue 14
+# display names of other known tasks (Open LLM Leaderboard v2); the rest show the lm-eval name
+DISPLAY = {"leaderboard_ifeval": "IFEval", "leaderboard_bbh": "BBH", "leaderboard_math_hard": "MATH Lvl 5",
+           "leaderboard_gpqa": "GPQA", "leaderboard_musr": "MuSR", "leaderboard_mmlu_pro": "MMLU-PRO"}
+METRIC_NAMES = {"acc": "accuracy", "acc_norm": "normalized accuracy", "exact_match": "exact match",
+                "prompt_level_strict_acc": "strict prompt-level accuracy",
+                "inst_level_strict_acc": "strict instruction-level accuracy",
+                "prompt_level_loose_acc": "loose prompt-level accuracy",
+                "inst_level_loose_acc": "loose instruction-level accuracy"}
 
 METHOD_TEXT = {
     "lora": "LoRA",
@@ -207,6 +215,8 @@ def eval_rows(results: dict | None) -> list[dict]:
     """
     if not results:
         return []
+    if (results.get("reprotune") or {}).get("tasks"):
+        return _rows_that_ran(results)
     res = results.get("results") or {}
     sub = _subtasks(results)
     rows = []
@@ -244,6 +254,30 @@ def eval_rows(results: dict | None) -> list[dict]:
     return rows
 
 
+def _ran_row(results: dict, s: dict, v1_order: list[str]) -> dict:
+    """A card row from one ``evaluate.summary`` row (the task, shots and metric that ran)."""
+    meta = TASKS_BY_KEY.get(s["task"])
+    known = meta is not None and s["lm_eval_metric"] == meta["metrics"][0]
+    ds = s.get("dataset") or {}
+    return dict(
+        task=s["task"], key=s["task"], known=known, metric_key=s["lm_eval_metric"], raw=s["value"],
+        value=round(s["value"] * 100, 2), stderr=round(s["stderr"] * 100, 2) if s["stderr"] is not None else None,
+        n_shot=s["n_shot"], samples=_samples(results, s["task"]),
+        display=f"{meta['display'] if meta else DISPLAY.get(s['task'], s['task'])} ({s['n_shot']}-shot)",
+        metric_type=s["metric"], metric_name=METRIC_NAMES.get(s["metric"], s["metric"]),
+        dataset_type=ds.get("repo"), dataset_config=ds.get("config"), dataset_split=ds.get("split"),
+        order=v1_order.index(s["task"]) if meta else len(v1_order),
+    )
+
+
+def _rows_that_ran(results: dict) -> list[dict]:
+    """Rows in the order of the recipe's task list (``results["reprotune"]``, via evaluate.summary)."""
+    from ..evaluate import summary
+
+    order = [t["key"] for t in OPEN_LLM_TASKS]
+    return [_ran_row(results, s, order) for s in summary(results) if s["value"] is not None]
+
+
 def average(rows: list[dict]) -> float | None:
     known = [r["raw"] * 100 for r in rows if r["known"]]
     return round(sum(known) / len(known), 2) if known else None
@@ -252,8 +286,8 @@ def average(rows: list[dict]) -> float | None:
 def eval_results_for_card(rows: list[dict]) -> list[EvalResult]:
     out = []
     for r in rows:
-        if not r["known"]:
-            continue
+        if r["dataset_type"] is None:
+            continue  # legacy results.json: a task the card has no dataset facts for
         out.append(EvalResult(
             task_type="text-generation", task_name="Text Generation",
             dataset_type=r["dataset_type"], dataset_name=r["display"],
@@ -330,7 +364,7 @@ def _eval_context(spec: dict, recipe: dict) -> dict:
     )
     if len(variants) > 1:
         labels = [v[0] for v in variants]
-        tables = {lab: {r["task"]: r for r in eval_rows(res)} for lab, res in variants}
+        tables = {lab: {(r["task"], r["metric_key"]): r for r in eval_rows(res)} for lab, res in variants}
         tasks = []
         for lab in labels:
             for t in tables[lab]:
