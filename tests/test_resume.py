@@ -25,9 +25,11 @@ SPEC = {"recipe": "t", "adapter": "main", "template": "oasst",
 HOOK_LINE = "test hook: hanging before marking checkpoint-4 complete"
 
 
-def _cmd(env_dir: Path, name: str) -> list[str]:
+def _cmd(env_dir: Path, name: str, *hooks: str) -> list[str]:
+    """``accelerate launch`` of the train stage; with ``hooks`` through the test entry tests/_train_hooks.py."""
+    entry = [str(ROOT / "tests" / "_train_hooks.py"), *hooks] if hooks else ["-m", "reprotune.train"]
     return [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "configs/accelerate/cpu.yaml"),
-            "--num_cpu_threads_per_process", "1", "-m", "reprotune.train", "--spec", json.dumps(SPEC),
+            "--num_cpu_threads_per_process", "1", *entry, "--spec", json.dumps(SPEC),
             "--data", str(env_dir / "data"), "--base", str(env_dir / "base"), "--out", str(env_dir / name),
             "--work", str(env_dir / f"work-{name}")]
 
@@ -62,7 +64,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_adapter(env_dir):
     # marker, i.e. in the middle of saving; then the whole process group gets SIGKILL
     log_path = env_dir / "killed.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(_cmd(env_dir, "run"), cwd=ROOT, env=_env(REPROTUNE_TEST_HANG_BEFORE_MARK="4"),
+        proc = subprocess.Popen(_cmd(env_dir, "run", "--hang-before-mark", "4"), cwd=ROOT, env=_env(),
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + 300

@@ -45,12 +45,15 @@ def env(tmp_path_factory):
     return root
 
 
-def _run(env, spec, name, accelerate=False, extra_env=None):
+def _run(env, spec, name, accelerate=False, hooks=()):
+    """Train in a subprocess; ``hooks`` (e.g. ``("--crash-after-checkpoint", "1")``) go through the
+    test entry tests/_train_hooks.py."""
     cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "configs/accelerate/cpu.yaml"),
            "--num_cpu_threads_per_process", "2"] if accelerate else [sys.executable]
-    cmd += ["-m", "reprotune.train", "--spec", json.dumps(spec), "--data", str(env / "data"),
+    cmd += [str(ROOT / "tests" / "_train_hooks.py"), *hooks] if hooks else ["-m", "reprotune.train"]
+    cmd += ["--spec", json.dumps(spec), "--data", str(env / "data"),
             "--base", str(env / "base"), "--out", str(env / name), "--work", str(env / f"work-{name}")]
-    e = dict(os.environ, PYTHONHASHSEED="0", TOKENIZERS_PARALLELISM="false", **(extra_env or {}))
+    e = dict(os.environ, PYTHONHASHSEED="0", TOKENIZERS_PARALLELISM="false")
     return subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True, timeout=300)
 
 
@@ -217,10 +220,13 @@ def test_collator_and_checkpoint_helpers(tmp_path):
 
 @pytest.mark.slow
 def test_checkpoints_of_another_spec_are_not_resumed(env):
+    from reprotune.train import checkpoint_is_complete
+
     spec = json.loads(json.dumps(SPEC))
     spec["train"].update(max_steps=2, save_steps=1)
-    p = _run(env, spec, "stale", extra_env={"REPROTUNE_TEST_CRASH_AFTER_SAVE": "1"})
-    assert p.returncode == 75
+    p = _run(env, spec, "stale", hooks=("--crash-after-checkpoint", "1"))
+    assert p.returncode == 75, p.stderr[-3000:]
+    assert checkpoint_is_complete(env / "work-stale" / "checkpoints" / "checkpoint-1")
     spec["train"]["learning_rate"] = 5e-4
     p = _ok(_run(env, spec, "stale"))
     assert "checkpoints of a different run" in p.stderr and "resuming from checkpoint" not in p.stderr

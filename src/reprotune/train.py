@@ -54,10 +54,16 @@ import math
 import os
 import shutil
 import sys
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
+import transformers
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback,
+                          TrainingArguments)
+from transformers.trainer_utils import enable_full_determinism
+
+from reprotune import templates
 from reprotune.io import (atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text, canonical_json,
                           jsonl_line, read_jsonl)
 
@@ -252,6 +258,7 @@ def fingerprint(spec: dict, data_dir: Path, base_dir: Path) -> str:
 
 
 COMPLETE_MARKER = "reprotune_complete.json"
+PARTIAL_LOG = "train_log.partial.jsonl"  # the step log of a run in progress (work dir)
 
 
 def _checkpoint_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
@@ -435,59 +442,54 @@ def _clean_float(x: Any) -> Any:
     return x
 
 
-# --------------------------------------------------------------------------- main
-def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Path,
-        tensorboard_dir: Path | None = None) -> dict:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-    import transformers
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback,
-                              TrainingArguments)
-    from transformers.trainer_utils import enable_full_determinism
+# --------------------------------------------------------------------------- steps
+class TrainData(NamedTuple):
+    """What :func:`load_rows` hands the Trainer."""
 
-    from reprotune import templates
-    from reprotune.tokenize import encode_dataset, pack
+    rows: Any                   # a sequence of rows: input_ids, labels (+ attention_mask or position_ids)
+    stats: dict                 # encode counts (records, kept, dropped_no_trainable, trainable_tokens, ...)
+    packing: dict | None        # pack counts, None without packing
 
-    transformers.utils.logging.set_verbosity_warning()
-    data_dir, base_dir, out_dir, work_dir = map(Path, (data_dir, base_dir, out_dir, work_dir))
-    tb_dir = Path(tensorboard_dir) if tensorboard_dir else work_dir / "tensorboard"
-    if os.environ.get("PYTHONHASHSEED") != "0":
-        log.info("PYTHONHASHSEED is not 0; outputs stay deterministic (target_modules are sorted) "
-                 "but the pipeline runs with PYTHONHASHSEED=0")
-    s = resolve_train(spec.get("train"))
-    template = templates.get(spec.get("template") or "raw")
-    cuda = _cuda()
-    eff = runtime_choices(s, cuda)
-    method = s["method"]
 
-    # ---- data
+def load_tokenizer(base_dir: Path):
+    """The base model's tokenizer; it needs an eos token (padding, end of turn)."""
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     if tokenizer.eos_token is None:
         raise TrainError(f"base tokenizer has no eos token: {base_dir}")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return tokenizer
+
+
+def load_rows(data_dir: Path, template, tokenizer, max_length: int, packing: bool) -> TrainData:
+    """``DATA_DIR/train.jsonl`` encoded (assistant-only labels) and, with ``packing``, packed."""
+    from reprotune.tokenize import encode_dataset, pack
+
     train_file = data_dir / "train.jsonl"
     if not train_file.is_file():
         raise TrainError(f"missing training data: {train_file}")
-    rows, data_stats = encode_dataset(read_jsonl(train_file), template, tokenizer, int(s["max_length"]))
-    log.info("data: %s", json.dumps(data_stats, sort_keys=True))
+    rows, stats = encode_dataset(read_jsonl(train_file), template, tokenizer, max_length)
+    log.info("data: %s", json.dumps(stats, sort_keys=True))
     if not rows:
-        raise TrainError(f"no trainable rows in {train_file} (stats: {data_stats})")
-    packing_stats = None
-    if eff["packing"]:
-        rows, packing_stats = pack(rows, int(s["max_length"]))
-        log.info("packing: %d samples into %d rows of <= %d tokens (fill %.4f)", packing_stats["samples"],
-                 packing_stats["rows"], int(s["max_length"]), packing_stats["fill"])
-        # padding-free on every backend: one flattened row per batch (flash-attn: varlen
-        # kernel; sdpa/eager: block-diagonal causal mask derived from the position ids)
-        collator = PackedCollator(pad_id, flatten=True)
-    else:
-        collator = Collator(pad_id)
+        raise TrainError(f"no trainable rows in {train_file} (stats: {stats})")
+    if not packing:
+        return TrainData(rows, stats, None)
+    rows, packing_stats = pack(rows, max_length)
+    log.info("packing: %d samples into %d rows of <= %d tokens (fill %.4f)", packing_stats["samples"],
+             packing_stats["rows"], max_length, packing_stats["fill"])
+    return TrainData(rows, stats, packing_stats)
 
-    # ---- trainer arguments (this also sets up the process group under accelerate launch)
-    gc = bool(s["gradient_checkpointing"])
+
+def make_collator(tokenizer, packing: bool):
+    """Pad with the pad token (eos when there is none).  Packed batches are padding-free on every
+    backend: one flattened row per batch (flash-attn: varlen kernel; sdpa/eager: block-diagonal
+    causal mask derived from the position ids)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return PackedCollator(pad_id, flatten=True) if packing else Collator(pad_id)
+
+
+def training_arguments(s: dict, eff: dict, cuda: bool, ckpt_dir: Path) -> TrainingArguments:
+    """The Trainer's arguments (under accelerate launch this also sets up the process group)."""
     save_steps = int(s["save_steps"] or 0)
-    ckpt_dir = work_dir / "checkpoints"
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=int(s["per_device_batch_size"]),
         gradient_accumulation_steps=int(s["gradient_accumulation_steps"]),
@@ -505,7 +507,7 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
         seed=int(s["seed"]),
         data_seed=int(s["data_seed"]),
         full_determinism=True,
-        **_checkpointing_args(TrainingArguments, gc and method != "qlora"),
+        **_checkpointing_args(TrainingArguments, bool(s["gradient_checkpointing"]) and s["method"] != "qlora"),
         **_sampling_args(TrainingArguments, eff["group_by_length"]),
         deepspeed=eff["deepspeed"],
         logging_strategy="steps",
@@ -520,14 +522,41 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
         ddp_find_unused_parameters=False,  # LoRA and full FT use every trainable parameter
         disable_tqdm=False,
     )
-    world_size, rank = int(args.world_size), int(args.process_index)
-    log.info("world size %d (this is process %d)", world_size, rank)
 
-    # ---- checkpoints / resume: every process decides from the same state, then one tidies
+
+@dataclass(frozen=True)
+class Resume:
+    """Where training starts: a complete checkpoint of this run (or none) and the step log up to it."""
+
+    fingerprint: str
+    checkpoint: Path | None = None
+    state: dict = field(default_factory=dict)       # the checkpoint's trainer_state.json
+    log_rows: tuple = ()
+
+    @property
+    def step(self) -> int:
+        return int(self.state.get("global_step") or 0)
+
+    @property
+    def finished(self) -> bool:
+        """The checkpoint is the final step (Trainer would run one step too many on resume)."""
+        return bool(self.state.get("max_steps")) and self.step >= int(self.state["max_steps"])
+
+
+def prepare_resume(spec: dict, data_dir: Path, base_dir: Path, work_dir: Path, rank: int) -> Resume:
+    """Every process decides from the same state, then process 0 tidies: checkpoints of another run
+    (fingerprint of spec, data and base) and incomplete ones are removed, the step log is cut back
+    to the checkpoint resumed from."""
+    ckpt_dir, partial_log = work_dir / "checkpoints", work_dir / PARTIAL_LOG
     fp = fingerprint(spec, data_dir, base_dir)
     fp_file = work_dir / "fingerprint.txt"
     stale = ckpt_dir.exists() and (not fp_file.is_file() or fp_file.read_text().strip() != fp)
-    resume = None if stale else last_complete_checkpoint(ckpt_dir)
+    found = None if stale else last_complete_checkpoint(ckpt_dir)
+    resume = Resume(fp)
+    if found is not None:
+        state = json.loads((found / "trainer_state.json").read_text())
+        rows = _read_log_rows(partial_log) if partial_log.is_file() else []
+        resume = Resume(fp, found, state, tuple(r for r in rows if r["step"] <= int(state["global_step"])))
     _barrier()
     if stale:
         log.info("work dir holds checkpoints of a different run; not resuming from them")
@@ -535,190 +564,214 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
         if stale:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         for step, p in _checkpoint_dirs(ckpt_dir):
-            if resume is None or step > int(resume.name[11:]):
+            if found is None or step > resume.step:
                 log.info("removing incomplete %s", p.name)  # never finished saving: not trusted
                 shutil.rmtree(p, ignore_errors=True)
         work_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(fp_file, fp + "\n")
+        if found is not None:  # the step log must match the checkpoint resumed from
+            if not resume.log_rows:
+                log.warning("no step log found for %s; train_log.jsonl will start after it", found.name)
+            atomic_write_text(partial_log, "".join(jsonl_line(r) for r in resume.log_rows))
     _barrier()
-    if resume is not None:
-        log.info("resuming from %s", resume.name)
+    if found is not None:
+        log.info("resuming from %s", found.name)
+    return resume
 
-    # ---- model
-    enable_full_determinism(int(s["seed"]))
-    config = AutoConfig.from_pretrained(base_dir)
-    overrides = apply_rope_scaling(config, s["rope_scaling"])
-    load_kw: dict[str, Any] = {"config": config, "attn_implementation": eff["attn_implementation"]}
-    if method == "qlora":
+
+def _load_kwargs(s: dict, eff: dict, cuda: bool) -> dict[str, Any]:
+    """dtype, quantization and device placement of the base model for the training method."""
+    import torch
+
+    if s["method"] == "qlora":
         from transformers import BitsAndBytesConfig
 
         q = s["quantization"]
-        load_kw["quantization_config"] = BitsAndBytesConfig(
+        kw: dict[str, Any] = {"quantization_config": BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=q.get("quant_type", "nf4"),
             bnb_4bit_use_double_quant=bool(q.get("double_quant", True)),
             bnb_4bit_compute_dtype=_torch_dtype(q.get("compute_dtype", "bfloat16")),
-        )
-        load_kw["dtype"] = torch.float32 if not cuda else _torch_dtype(q.get("compute_dtype", "bfloat16"))
+        )}
+        kw["dtype"] = torch.float32 if not cuda else _torch_dtype(q.get("compute_dtype", "bfloat16"))
         if eff["deepspeed"] is None:
             local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-            load_kw["device_map"] = {"": local_rank if cuda else "cpu"}
-    elif method == "lora" and cuda and eff["precision"] in ("bf16", "fp16"):
-        load_kw["dtype"] = _torch_dtype(eff["precision"])  # frozen base in half precision
-    else:
-        load_kw["dtype"] = torch.float32  # full FT keeps fp32 master weights (autocast on GPU)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, **load_kw)
+            kw["device_map"] = {"": local_rank if cuda else "cpu"}
+        return kw
+    if s["method"] == "lora" and cuda and eff["precision"] in ("bf16", "fp16"):
+        return {"dtype": _torch_dtype(eff["precision"])}  # frozen base in half precision
+    return {"dtype": torch.float32}  # full FT keeps fp32 master weights (autocast on GPU)
+
+
+def _add_lora(model, s: dict):
+    """Wrap ``model`` in a peft LoRA model (QLoRA: prepared for k-bit training first)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    gc = bool(s["gradient_checkpointing"])
+    if s["method"] == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gc:
+        model.enable_input_require_grads()
+    lc = s["lora"]
+    targets = lc.get("target_modules", "all-linear")
+    if isinstance(targets, (list, tuple)):
+        targets = sorted(set(targets))
+    return get_peft_model(model, LoraConfig(
+        r=int(lc["r"]), lora_alpha=int(lc["alpha"]), lora_dropout=float(lc["dropout"]),
+        target_modules=targets, bias="none", task_type="CAUSAL_LM",
+    ))
+
+
+def build_model(base_dir: Path, s: dict, eff: dict, cuda: bool) -> tuple[Any, dict, dict]:
+    """The model to train: ``(model, config overrides, {"trainable": n, "total": n} parameters)``."""
+    enable_full_determinism(int(s["seed"]))
+    config = AutoConfig.from_pretrained(base_dir)
+    overrides = apply_rope_scaling(config, s["rope_scaling"])
+    model = AutoModelForCausalLM.from_pretrained(
+        base_dir, config=config, attn_implementation=eff["attn_implementation"], **_load_kwargs(s, eff, cuda))
     model.config.use_cache = False
+    if s["method"] in ("lora", "qlora"):
+        model = _add_lora(model, s)
+    params = {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+              "total": sum(p.numel() for p in model.parameters())}
+    log.info("method %s: %d trainable of %d parameters", s["method"], params["trainable"], params["total"])
+    return model, overrides, params
 
-    if method in ("lora", "qlora"):
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-        if method == "qlora":
-            model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False})
-        elif gc:
-            model.enable_input_require_grads()
-        lc = s["lora"]
-        targets = lc.get("target_modules", "all-linear")
-        if isinstance(targets, (list, tuple)):
-            targets = sorted(set(targets))
-        model = get_peft_model(model, LoraConfig(
-            r=int(lc["r"]), lora_alpha=int(lc["alpha"]), lora_dropout=float(lc["dropout"]),
-            target_modules=targets, bias="none", task_type="CAUSAL_LM",
-        ))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    log.info("method %s: %d trainable of %d parameters", method, trainable, total)
+class StepLog:
+    """One row per optimizer step: kept in memory (``rows``), appended to the partial log in the
+    work dir and written to TensorBoard by process 0 (``tb_dir``; None on the other processes)."""
 
-    # ---- trainer
-    log_rows: list[dict] = []
-    partial_log = work_dir / "train_log.partial.jsonl"
-    resume_step = 0
-    if resume is not None:
-        resume_step = int(json.loads((resume / "trainer_state.json").read_text())["global_step"])
-        if partial_log.is_file():
-            log_rows = [r for r in _read_log_rows(partial_log) if r["step"] <= resume_step]
+    def __init__(self, resume: Resume, partial_log: Path, tb_dir: Path | None):
+        self.rows: list[dict] = list(resume.log_rows)
+        self.partial_log = partial_log
+        self.tb = None
+        if tb_dir is not None:
+            from tensorboardX import SummaryWriter
 
-    tb_writer = None
-    if rank == 0:
-        from tensorboardX import SummaryWriter
+            # purge_step hides the events an interrupted run wrote after the checkpoint resumed from
+            self.tb = SummaryWriter(logdir=str(tb_dir),
+                                    purge_step=resume.step + 1 if resume.checkpoint is not None else None)
+            log.info("tensorboard event files: %s", tb_dir)
 
-        # purge_step hides the events an interrupted run wrote after the checkpoint we resume from
-        tb_writer = SummaryWriter(logdir=str(tb_dir), purge_step=resume_step + 1 if resume is not None else None)
-        log.info("tensorboard event files: %s", tb_dir)
+    def add(self, state, logs: dict, tokens: int) -> None:
+        row = {"step": int(state.global_step), "loss": _clean_float(float(logs["loss"])),
+               "learning_rate": _clean_float(float(logs.get("learning_rate", 0.0))),
+               "grad_norm": _clean_float(float(logs["grad_norm"])) if logs.get("grad_norm") is not None else None,
+               "epoch": _clean_float(float(state.epoch or 0.0)),
+               "tokens": tokens}
+        self.rows.append(row)
+        if not state.is_world_process_zero:
+            return
+        with open(self.partial_log, "a" if len(self.rows) > 1 else "w", encoding="utf-8") as f:
+            f.write(jsonl_line(row))
+        if self.tb is not None:
+            for key in ("loss", "learning_rate", "grad_norm"):
+                if isinstance(row[key], float):
+                    self.tb.add_scalar(f"train/{key}", row[key], row["step"])
+            self.tb.add_scalar("train/tokens", row["tokens"], row["step"])
+            self.tb.flush()
 
-    class _Trainer(Trainer):
-        tokens_since_log = 0
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
 
-        def compute_loss(self, model, inputs, *a, **kw):
-            self.tokens_since_log += int((inputs["labels"][:, 1:] != -100).sum())
-            return super().compute_loss(model, inputs, *a, **kw)
 
-    class _LogRows(TrainerCallback):
-        def on_log(self, args_, state, control, logs=None, **kw):
-            if not logs or "loss" not in logs:
-                return
-            tokens = trainer.tokens_since_log
-            if world_size > 1:  # every process logs at the same steps: sum the trained tokens
-                t = torch.tensor(tokens, device=trainer.accelerator.device)
-                tokens = int(trainer.accelerator.reduce(t, reduction="sum").item())
-            row = {"step": int(state.global_step), "loss": _clean_float(float(logs["loss"])),
-                   "learning_rate": _clean_float(float(logs.get("learning_rate", 0.0))),
-                   "grad_norm": _clean_float(float(logs["grad_norm"])) if logs.get("grad_norm") is not None else None,
-                   "epoch": _clean_float(float(state.epoch or 0.0)),
-                   "tokens": tokens}
-            trainer.tokens_since_log = 0
-            log_rows.append(row)
-            if state.is_world_process_zero:
-                with open(partial_log, "a" if len(log_rows) > 1 else "w", encoding="utf-8") as f:
-                    f.write(jsonl_line(row))
-                if tb_writer is not None:
-                    for key in ("loss", "learning_rate", "grad_norm"):
-                        if isinstance(row[key], float):
-                            tb_writer.add_scalar(f"train/{key}", row[key], row["step"])
-                    tb_writer.add_scalar("train/tokens", row["tokens"], row["step"])
-                    tb_writer.flush()
+class CountingTrainer(Trainer):
+    """``Trainer`` that counts the tokens trained on (labels != -100 after the shift), summed over
+    processes, and hands each logged step to ``step_log``."""
 
-    class _MarkComplete(TrainerCallback):
-        """A checkpoint counts only after every process finished writing it."""
+    def __init__(self, *args, step_log: StepLog, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.step_log = step_log
+        self.tokens_since_log = 0
 
-        def on_save(self, args_, state, control, **kw):
-            _barrier()
-            if hang_at == state.global_step:  # test hook: stop between the files and the marker
-                log.error("test hook: hanging before marking checkpoint-%d complete", hang_at)
-                while True:
-                    time.sleep(60)
-            if state.is_world_process_zero:
-                d = ckpt_dir / f"checkpoint-{state.global_step}"
-                atomic_write_json(d / COMPLETE_MARKER, {"step": int(state.global_step), "fingerprint": fp})
-            _barrier()
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        self.tokens_since_log += int((inputs["labels"][:, 1:] != -100).sum())
+        return super().compute_loss(model, inputs, *args, **kwargs)
 
-    hang_at = int(os.environ.get("REPROTUNE_TEST_HANG_BEFORE_MARK", "0") or 0)
-    callbacks: list = [_LogRows(), _MarkComplete()]
-    crash_at = int(os.environ.get("REPROTUNE_TEST_CRASH_AFTER_SAVE", "0") or 0)
-    if crash_at > 0:  # test hook: simulate a crash right after checkpoint `crash_at` is saved
-        class _Crash(TrainerCallback):
-            def on_save(self, args_, state, control, **kw):
-                if state.global_step == crash_at:
-                    log.error("test hook: crashing after checkpoint-%d", crash_at)
-                    os._exit(75)
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "loss" in logs:  # every process logs at the same steps: sum the trained tokens
+            tokens = self.tokens_since_log
+            if self.args.world_size > 1:
+                import torch
 
-        callbacks.append(_Crash())
-    trainer = _Trainer(model=model, args=args, train_dataset=rows, data_collator=collator, callbacks=callbacks)
-    if resume is not None and trainer.is_world_process_zero():
-        # rewrite the partial log so that it matches the checkpoint we resume from
-        if not log_rows:
-            log.warning("no step log found for %s; train_log.jsonl will start after it", resume.name)
-        with open(partial_log, "w", encoding="utf-8") as f:
-            f.writelines(jsonl_line(r) for r in log_rows)
-    finished = False
-    if resume is not None:
-        state = json.loads((resume / "trainer_state.json").read_text())
-        finished = bool(state.get("max_steps")) and int(state["global_step"]) >= int(state["max_steps"])
-    if finished:
-        # the crash came after the last step: Trainer would run one extra step on resume
-        log.info("%s is the final step; loading it instead of training", resume.name)
-        trainer._load_from_checkpoint(str(resume))
-        trainer.state.global_step = int(state["global_step"])
-        trainer.state.epoch = float(state.get("epoch") or 0.0)
-    else:
-        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    if tb_writer is not None:
-        tb_writer.close()
+                t = torch.tensor(tokens, device=self.accelerator.device)
+                tokens = int(self.accelerator.reduce(t, reduction="sum").item())
+            self.tokens_since_log = 0
+            self.step_log.add(self.state, logs, tokens)
+        super().log(logs, *args, **kwargs)
 
-    final_loss = next((r["loss"] for r in reversed(log_rows)), None)
-    if final_loss is None or not isinstance(final_loss, float) or not math.isfinite(final_loss):
-        raise TrainError(f"training produced a non-finite or missing loss: {final_loss!r}")
 
-    if not trainer.is_world_process_zero():
-        return {}
+class MarkComplete(TrainerCallback):
+    """A checkpoint counts only after every process finished writing it: then process 0 writes
+    its ``reprotune_complete.json``."""
 
-    # ---- output
-    summary = {
+    def __init__(self, ckpt_dir: Path, fingerprint: str):
+        self.ckpt_dir = ckpt_dir
+        self.fingerprint = fingerprint
+
+    def on_save(self, args, state, control, **kwargs):
+        _barrier()
+        if state.is_world_process_zero:
+            marker = self.ckpt_dir / f"checkpoint-{state.global_step}" / COMPLETE_MARKER
+            atomic_write_json(marker, {"step": int(state.global_step), "fingerprint": self.fingerprint})
+        _barrier()
+
+
+def fit(trainer: CountingTrainer, resume: Resume) -> None:
+    """Train, from ``resume``'s checkpoint when there is one."""
+    if not resume.finished:
+        ckpt = str(resume.checkpoint) if resume.checkpoint is not None else None
+        trainer.train(resume_from_checkpoint=ckpt)
+        return
+    # the crash came after the last step: Trainer would run one extra step on resume
+    log.info("%s is the final step; loading it instead of training", resume.checkpoint.name)
+    trainer._load_from_checkpoint(str(resume.checkpoint))
+    trainer.state.global_step = resume.step
+    trainer.state.epoch = float(resume.state.get("epoch") or 0.0)
+
+
+def final_loss(rows: list[dict]) -> float:
+    loss = next((r["loss"] for r in reversed(rows)), None)
+    if loss is None or not isinstance(loss, float) or not math.isfinite(loss):
+        raise TrainError(f"training produced a non-finite or missing loss: {loss!r}")
+    return loss
+
+
+def train_summary(spec: dict, s: dict, eff: dict, template, trainer: CountingTrainer, data: TrainData,
+                  params: dict, overrides: dict) -> dict:
+    """``train_summary.json``: what the run did and the settings it ran with."""
+    rows = trainer.step_log.rows
+    return {
         "recipe": spec.get("recipe"),
         "adapter": spec.get("adapter"),
         "template": template.name,
-        "method": method,
+        "method": s["method"],
         "steps": int(trainer.state.global_step),
         "epochs": _clean_float(float(trainer.state.epoch or 0.0)),
-        "final_loss": final_loss,
-        "mean_loss": _clean_float(sum(r["loss"] for r in log_rows) / len(log_rows)),
-        "tokens_trained": int(sum(r["tokens"] for r in log_rows)),
-        "trainable_params": int(trainable),
-        "total_params": int(total),
-        "world_size": world_size,
-        "data": data_stats,
-        "packing": packing_stats,
+        "final_loss": final_loss(rows),
+        "mean_loss": _clean_float(sum(r["loss"] for r in rows) / len(rows)),
+        "tokens_trained": int(sum(r["tokens"] for r in rows)),
+        "trainable_params": int(params["trainable"]),
+        "total_params": int(params["total"]),
+        "world_size": int(trainer.args.world_size),
+        "data": data.stats,
+        "packing": data.packing,
         "config_overrides": overrides,
         "settings": {"train": s, "effective": {k: v for k, v in eff.items() if k != "deepspeed"} |
                      {"deepspeed": s["deepspeed"] if eff["deepspeed"] else None}},
     }
-    base_id = spec.get("base_model") or _relative_id(base_dir)
-    unwrapped = trainer.accelerator.unwrap_model(trainer.model) if hasattr(trainer, "accelerator") else trainer.model
-    title = f"{spec.get('recipe') or 'run'} / {spec.get('adapter') or template.name} ({method})"
+
+
+def write_outputs(out_dir: Path, model, tokenizer, template, base_id: str, summary: dict, rows: list[dict]) -> None:
+    """The adapter (or full weights), tokenizer with the chat template, step log, loss curve and
+    summary, written atomically into ``out_dir``."""
+    title = f"{summary['recipe'] or 'run'} / {summary['adapter'] or template.name} ({summary['method']})"
     with atomic_dir(out_dir) as tmp:
-        if method in ("lora", "qlora"):
-            unwrapped.save_pretrained(tmp, safe_serialization=True)
+        if summary["method"] in ("lora", "qlora"):
+            model.save_pretrained(tmp, safe_serialization=True)
             cfg_path = tmp / "adapter_config.json"
             cfg = json.loads(cfg_path.read_text())
             if isinstance(cfg.get("target_modules"), list):
@@ -727,23 +780,65 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
             atomic_write_json(cfg_path, cfg)
             (tmp / "README.md").unlink(missing_ok=True)  # peft's stub card; the card stage writes ours
         else:
-            unwrapped.config.use_cache = True
-            unwrapped.save_pretrained(tmp)
-        tok = AutoTokenizer.from_pretrained(base_dir)
-        tok.chat_template = template.chat_template
-        tok.save_pretrained(tmp)
-        atomic_write_text(tmp / "train_log.jsonl", "".join(jsonl_line(r) for r in log_rows))
-        atomic_write_bytes(tmp / "loss_curve.png", loss_curve_png(log_rows, title))
+            model.config.use_cache = True
+            model.save_pretrained(tmp)
+        tokenizer.chat_template = template.chat_template
+        tokenizer.save_pretrained(tmp)
+        atomic_write_text(tmp / "train_log.jsonl", "".join(jsonl_line(r) for r in rows))
+        atomic_write_bytes(tmp / "loss_curve.png", loss_curve_png(rows, title))
         atomic_write_json(tmp / "train_summary.json", summary)
-        atomic_write_json(tmp / "config_overrides.json", overrides)
+        atomic_write_json(tmp / "config_overrides.json", summary["config_overrides"])
         for f in tmp.iterdir():
             if f.is_file():
                 os.chmod(f, 0o644)
+
+
+# --------------------------------------------------------------------------- main
+def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Path,
+        tensorboard_dir: Path | None = None, extra_callbacks: Sequence[TrainerCallback] = ()) -> dict:
+    """Train one adapter; returns the summary (``{}`` on processes other than 0).
+
+    ``extra_callbacks`` go before the completion marker: their ``on_save`` runs after a
+    checkpoint's files are written and before it is marked complete (tests stop runs there).
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    transformers.utils.logging.set_verbosity_warning()
+    data_dir, base_dir, out_dir, work_dir = map(Path, (data_dir, base_dir, out_dir, work_dir))
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        log.info("PYTHONHASHSEED is not 0; outputs stay deterministic (target_modules are sorted) "
+                 "but the pipeline runs with PYTHONHASHSEED=0")
+    s = resolve_train(spec.get("train"))
+    template = templates.get(spec.get("template") or "raw")
+    cuda = _cuda()
+    eff = runtime_choices(s, cuda)
+
+    tokenizer = load_tokenizer(base_dir)
+    data = load_rows(data_dir, template, tokenizer, int(s["max_length"]), eff["packing"])
+    args = training_arguments(s, eff, cuda, work_dir / "checkpoints")
+    rank = int(args.process_index)
+    log.info("world size %d (this is process %d)", int(args.world_size), rank)
+    resume = prepare_resume(spec, data_dir, base_dir, work_dir, rank)
+    model, overrides, params = build_model(base_dir, s, eff, cuda)
+    tb_dir = Path(tensorboard_dir) if tensorboard_dir else work_dir / "tensorboard"
+    step_log = StepLog(resume, work_dir / PARTIAL_LOG, tb_dir if rank == 0 else None)
+    trainer = CountingTrainer(model=model, args=args, train_dataset=data.rows,
+                              data_collator=make_collator(tokenizer, eff["packing"]), step_log=step_log,
+                              callbacks=[*extra_callbacks, MarkComplete(work_dir / "checkpoints", resume.fingerprint)])
+    fit(trainer, resume)
+    step_log.close()
+    final_loss(step_log.rows)
+    if not trainer.is_world_process_zero():
+        return {}
+
+    summary = train_summary(spec, s, eff, template, trainer, data, params, overrides)
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    write_outputs(out_dir, unwrapped, load_tokenizer(base_dir), template,
+                  spec.get("base_model") or _relative_id(base_dir), summary, step_log.rows)
     # checkpoints only serve crash recovery; the finished output replaces them
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    partial_log.unlink(missing_ok=True)
-    log.info("wrote %s (%d steps, final loss %.4f, world size %d)", out_dir, summary["steps"], final_loss,
-             world_size)
+    shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)
+    (work_dir / PARTIAL_LOG).unlink(missing_ok=True)
+    log.info("wrote %s (%d steps, final loss %.4f, world size %d)", out_dir, summary["steps"],
+             summary["final_loss"], summary["world_size"])
     return summary
 
 
@@ -757,7 +852,7 @@ def _load_spec(value: str) -> dict:
     return spec
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, extra_callbacks: Sequence[TrainerCallback] = ()) -> int:
     parser = argparse.ArgumentParser(prog="reprotune.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", required=True, help="JSON object or path of a JSON file")
     parser.add_argument("--data", required=True, type=Path, help="directory with train.jsonl")
@@ -772,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log_runtime(f"train (rank {os.environ.get('RANK', '0')})")
     try:
-        run(_load_spec(ns.spec), ns.data, ns.base, ns.out, ns.work, ns.tensorboard)
+        run(_load_spec(ns.spec), ns.data, ns.base, ns.out, ns.work, ns.tensorboard, extra_callbacks)
     except Exception as e:  # user-facing errors of any reprotune stage: one line, exit 2
         if type(e).__module__.startswith("reprotune") and type(e).__name__.endswith("Error"):
             log.error("%s", e)
