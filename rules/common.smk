@@ -118,7 +118,7 @@ def base_model_dir(wildcards):
 def _base_recipe(slug):
     """Several recipes can share a base model: the first (sorted) recipe using it speaks for it
     (its lock file pins the download)."""
-    return RECIPES[sorted(r for r, rec in RECIPES.items() if plan.base_dir(rec).endswith("/" + slug))[0]]
+    return RECIPES[sorted(r for r, rec in RECIPES.items() if plan.model_slug(rec["base_model"]["id"]) == slug)[0]]
 
 
 def fixture_texts(wildcards):
@@ -152,14 +152,17 @@ def base_mirror_arg(wildcards):
 
 
 # data.smk
-def mirror_files(wildcards):
-    """In mirror mode the mirror files are inputs, so an edited fixture reruns its source
-    (its pins in SHA256SUMS are a param; the download verifies every file against them)."""
+def _mirror_repo_files(wildcards, repo):
+    """In mirror mode a dataset repo's mirror files are inputs, so an edited fixture reruns its
+    download (its pins in SHA256SUMS are a param; the download verifies every file against them)."""
     mirror = MIRROR[wildcards.recipe]
     if mirror is None:
         return []
-    root = mirror / "datasets" / R(wildcards)["sources"][wildcards.source]["repo"]
-    return sorted(str(p) for p in root.rglob("*") if p.is_file())
+    return sorted(str(p) for p in (mirror / "datasets" / repo).rglob("*") if p.is_file())
+
+
+def mirror_files(wildcards):
+    return _mirror_repo_files(wildcards, R(wildcards)["sources"][wildcards.source]["repo"])
 
 
 def download_spec(wildcards):
@@ -203,6 +206,24 @@ def mix_spec(wildcards):
     return plan.dumps(plan.mix_spec(R(wildcards), wildcards.adapter))
 
 
+# eval_data.smk
+def _eval_repo(wildcards):
+    return plan.eval_download_spec(R(wildcards), wildcards.task)["repo"]
+
+
+def eval_mirror_files(wildcards):
+    return _mirror_repo_files(wildcards, _eval_repo(wildcards))
+
+
+def eval_data_spec(wildcards):
+    lock = plan.lock_file(CFG["recipes_dir"], wildcards.recipe)
+    return plan.dumps(plan.eval_download_spec(R(wildcards), wildcards.task, lock, CFG.get("frozen", False)))
+
+
+def eval_data_pins(wildcards):
+    return plan.dumps(plan.repo_pins(R(wildcards), _eval_repo(wildcards)))
+
+
 # train.smk
 def train_code(wildcards):
     return plan.code_inputs("train", R(wildcards), wildcards.adapter)
@@ -238,6 +259,15 @@ def merge_variant_spec(wildcards):
 # evaluate.smk
 def eval_spec(wildcards):
     return plan.dumps(plan.eval_spec(R(wildcards)))
+
+
+def eval_data_dirs(wildcards):
+    """Every eval task's downloaded dataset: evaluate reads these only (offline at every scale)."""
+    return list(plan.eval_data_dirs(R(wildcards)).values())
+
+
+def eval_data_args(wildcards):
+    return _pairs(plan.eval_data_dirs(R(wildcards)))
 
 
 # card.smk and report.smk

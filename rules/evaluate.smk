@@ -1,16 +1,18 @@
-# Evaluation with lm-evaluation-harness (leaderboard v1 suite, or its tiny local twin).
+# Evaluation with lm-evaluation-harness: the recipe's tasks (a leaderboard suite or its own
+# list) on their pinned, downloaded datasets (rules/eval_data.smk), offline at every scale.
 
 
 rule evaluate:
     input:
         model="results/{recipe}/model",
+        data=eval_data_dirs,
         code=plan.code_inputs("evaluate"),
     output:
         results="results/{recipe}/eval/results.json",
         summary="results/{recipe}/eval/summary.json",
     params:
         spec=eval_spec,
-        offline=offline_env,
+        data=eval_data_args,
         runinfo="logs/{recipe}/evaluate.runinfo.json",
     threads: THREADS
     resources:
@@ -22,9 +24,9 @@ rule evaluate:
     log:
         "logs/{recipe}/evaluate.log",
     shell:
-        "{params.offline}"
+        "export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1; "
         "python -m reprotune evaluate --spec {params.spec:q} --model {input.model} --out {output.results} "
-        "--runinfo {params.runinfo} > {log} 2>&1"
+        "--eval-data {params.data} --runinfo {params.runinfo} > {log} 2>&1"
 
 
 # The evaluation of a compared merge variant (rules/merge.smk `merge_variant`): the evaluate
@@ -32,6 +34,7 @@ rule evaluate:
 use rule evaluate as evaluate_variant with:
     input:
         model="results/{recipe}/models/{variant}",
+        data=eval_data_dirs,
         code=plan.code_inputs("evaluate"),
     output:
         results="results/{recipe}/eval/{variant}/results.json",

@@ -22,6 +22,9 @@ import json
 from pathlib import Path
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "tokenizer_config.json")
+# what a model directory carries of its tokenizer (copied verbatim from the base)
+COPIED_FILES = TOKENIZER_FILES + ("special_tokens_map.json", "added_tokens.json")
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
 class TokenizerLoadError(ValueError):
@@ -105,6 +108,23 @@ def load(base_dir, use_fast: bool = True):
         msg = " ".join(str(e).split()) or type(e).__name__
         raise TokenizerLoadError(f"cannot load the tokenizer of {base_dir}: {type(e).__name__}: {msg[:300]}") from None
     return tok
+
+
+def copy_tokenizer_files(base_dir, out_dir, chat_template: str | None) -> list[str]:
+    """The base's tokenizer files, byte for byte (a SentencePiece base keeps its tokenizer.model
+    and gets no converted tokenizer.json), plus ``chat_template.jinja``; returns the names."""
+    import shutil
+
+    from reprotune.io import atomic_write_text
+
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    names = [n for n in COPIED_FILES if (base_dir / n).is_file()]
+    for n in names:
+        shutil.copyfile(base_dir / n, out_dir / n)
+    if chat_template:
+        atomic_write_text(out_dir / CHAT_TEMPLATE_FILE, chat_template)
+        names.append(CHAT_TEMPLATE_FILE)
+    return names
 
 
 def describe(tok) -> dict:

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import transformers
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback,
+from transformers import (AutoConfig, AutoModelForCausalLM, Trainer, TrainerCallback,
                           TrainingArguments)
 from transformers.trainer_utils import enable_full_determinism
 
@@ -449,11 +449,15 @@ class TrainData(NamedTuple):
     rows: Any                   # a sequence of rows: input_ids, labels (+ attention_mask or position_ids)
     stats: dict                 # encode counts (records, kept, dropped_no_trainable, trainable_tokens, ...)
     packing: dict | None        # pack counts, None without packing
+    probe: Any = ()             # the first PROBE_ROWS encoded (unpacked) rows: the loss before/after
 
 
-def load_tokenizer(base_dir: Path):
-    """The base model's tokenizer; it needs an eos token (padding, end of turn)."""
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+def load_tokenizer(base_dir: Path, use_fast: bool = True):
+    """The base model's tokenizer as the recipe asks (fast, or the slow SentencePiece one;
+    ``reprotune.base_tokenizer``); it needs an eos token (padding, end of turn)."""
+    from reprotune.base_tokenizer import load
+
+    tokenizer = load(base_dir, use_fast=use_fast)
     if tokenizer.eos_token is None:
         raise TrainError(f"base tokenizer has no eos token: {base_dir}")
     return tokenizer
@@ -470,12 +474,29 @@ def load_rows(data_dir: Path, template, tokenizer, max_length: int, packing: boo
     log.info("data: %s", json.dumps(stats, sort_keys=True))
     if not rows:
         raise TrainError(f"no trainable rows in {train_file} (stats: {stats})")
+    probe = rows[:PROBE_ROWS]
     if not packing:
-        return TrainData(rows, stats, None)
-    rows, packing_stats = pack(rows, max_length)
+        return TrainData(rows, stats, None, probe)
+    packed, packing_stats = pack(rows, max_length)
     log.info("packing: %d samples into %d rows of <= %d tokens (fill %.4f)", packing_stats["samples"],
              packing_stats["rows"], max_length, packing_stats["fill"])
-    return TrainData(rows, stats, packing_stats)
+    return TrainData(packed, stats, packing_stats, probe)
+
+
+PROBE_ROWS = 64  # training rows whose assistant-token loss train_summary reports before and after training
+
+
+def probe_loss(trainer: "CountingTrainer", rows) -> float:
+    """Mean loss on the assistant (labelled) tokens of ``rows``, one row per forward pass (no
+    padding), averaged over rows: the Trainer's own evaluation loop, so DDP and DeepSpeed
+    place and gather it as they do training."""
+    collator, trainer.data_collator = trainer.data_collator, Collator(0)
+    batch, trainer.args.per_device_eval_batch_size = trainer.args.per_device_eval_batch_size, 1
+    try:
+        metrics = trainer.evaluate(eval_dataset=list(rows), metric_key_prefix="probe")
+    finally:
+        trainer.data_collator, trainer.args.per_device_eval_batch_size = collator, batch
+    return round(float(metrics["probe_loss"]), 6)
 
 
 def make_collator(tokenizer, packing: bool):
@@ -741,12 +762,16 @@ def final_loss(rows: list[dict]) -> float:
 
 
 def train_summary(spec: dict, s: dict, eff: dict, template, trainer: CountingTrainer, data: TrainData,
-                  params: dict, overrides: dict) -> dict:
+                  params: dict, overrides: dict, probe: dict, tokenizer) -> dict:
     """``train_summary.json``: what the run did and the settings it ran with."""
+    from reprotune.base_tokenizer import describe
+
     rows = trainer.step_log.rows
     return {
         "recipe": spec.get("recipe"),
         "adapter": spec.get("adapter"),
+        "base_model": {"id": spec.get("base_model"), "twin": bool(spec.get("twin"))},
+        "tokenizer": describe(tokenizer),
         "template": template.name,
         "method": s["method"],
         "steps": int(trainer.state.global_step),
@@ -759,15 +784,19 @@ def train_summary(spec: dict, s: dict, eff: dict, template, trainer: CountingTra
         "world_size": int(trainer.args.world_size),
         "data": data.stats,
         "packing": data.packing,
+        "loss_probe": probe,
         "config_overrides": overrides,
         "settings": {"train": s, "effective": {k: v for k, v in eff.items() if k != "deepspeed"} |
                      {"deepspeed": s["deepspeed"] if eff["deepspeed"] else None}},
     }
 
 
-def write_outputs(out_dir: Path, model, tokenizer, template, base_id: str, summary: dict, rows: list[dict]) -> None:
-    """The adapter (or full weights), tokenizer with the chat template, step log, loss curve and
-    summary, written atomically into ``out_dir``."""
+def write_outputs(out_dir: Path, model, base_dir: Path, template, base_id: str, summary: dict,
+                  rows: list[dict]) -> None:
+    """The adapter (or full weights), the base's tokenizer files with the chat template, step log,
+    loss curve and summary, written atomically into ``out_dir``."""
+    from reprotune.base_tokenizer import copy_tokenizer_files
+
     title = f"{summary['recipe'] or 'run'} / {summary['adapter'] or template.name} ({summary['method']})"
     with atomic_dir(out_dir) as tmp:
         if summary["method"] in ("lora", "qlora"):
@@ -782,8 +811,7 @@ def write_outputs(out_dir: Path, model, tokenizer, template, base_id: str, summa
         else:
             model.config.use_cache = True
             model.save_pretrained(tmp)
-        tokenizer.chat_template = template.chat_template
-        tokenizer.save_pretrained(tmp)
+        copy_tokenizer_files(base_dir, tmp, template.chat_template)
         atomic_write_text(tmp / "train_log.jsonl", "".join(jsonl_line(r) for r in rows))
         atomic_write_bytes(tmp / "loss_curve.png", loss_curve_png(rows, title))
         atomic_write_json(tmp / "train_summary.json", summary)
@@ -812,7 +840,7 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
     cuda = _cuda()
     eff = runtime_choices(s, cuda)
 
-    tokenizer = load_tokenizer(base_dir)
+    tokenizer = load_tokenizer(base_dir, bool((spec.get("tokenizer") or {}).get("use_fast", True)))
     data = load_rows(data_dir, template, tokenizer, int(s["max_length"]), eff["packing"])
     args = training_arguments(s, eff, cuda, work_dir / "checkpoints")
     rank = int(args.process_index)
@@ -824,15 +852,19 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
     trainer = CountingTrainer(model=model, args=args, train_dataset=data.rows,
                               data_collator=make_collator(tokenizer, eff["packing"]), step_log=step_log,
                               callbacks=[*extra_callbacks, MarkComplete(work_dir / "checkpoints", resume.fingerprint)])
+    probe = {"rows": len(data.probe), "before": probe_loss(trainer, data.probe)}
     fit(trainer, resume)
     step_log.close()
     final_loss(step_log.rows)
+    probe["after"] = probe_loss(trainer, data.probe)
+    log.info("loss on the assistant tokens of %d training rows: %.4f before training, %.4f after",
+             probe["rows"], probe["before"], probe["after"])
     if not trainer.is_world_process_zero():
         return {}
 
-    summary = train_summary(spec, s, eff, template, trainer, data, params, overrides)
+    summary = train_summary(spec, s, eff, template, trainer, data, params, overrides, probe, tokenizer)
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-    write_outputs(out_dir, unwrapped, load_tokenizer(base_dir), template,
+    write_outputs(out_dir, unwrapped, base_dir, template,
                   spec.get("base_model") or _relative_id(base_dir), summary, step_log.rows)
     # checkpoints only serve crash recovery; the finished output replaces them
     shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)
