@@ -457,7 +457,7 @@ def code_inputs(stage: str, recipe: dict | None = None, name: str | None = None)
     if stage == "twin":
         from . import bases
 
-        return _files("twin.py", "tinybase.py", "bases/__init__.py") + [str(bases.path(recipe["base_model"]["id"]))]
+        return _files("twin.py", "bases/__init__.py") + [str(bases.path(recipe["base_model"]["id"]))]
     if stage == "download":
         return _files("download.py")
     if stage == "clean":

@@ -42,10 +42,9 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from reprotune.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
-from reprotune.tinybase import _corpus
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +55,65 @@ PRETRAIN_DEFAULTS = {"steps": 200, "batch_size": 16, "seq_len": 128, "learning_r
 
 class TwinError(ValueError):
     """The twin cannot be built (bad profile or inputs); one printable line."""
+
+
+# --------------------------------------------------------------------------- text
+def _strings(obj: Any) -> Iterator[str]:
+    """All string values of a JSON-like object, depth first, dict keys sorted."""
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for key in sorted(obj, key=str):
+            yield from _strings(obj[key])
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _strings(item)
+    elif hasattr(obj, "tolist"):  # numpy arrays inside parquet rows
+        yield from _strings(obj.tolist())
+
+
+def iter_texts(path: Path) -> Iterator[str]:
+    """Every string value in one .jsonl / .json / .parquet / .txt file."""
+    name = path.name.lower()
+    if name.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    # a truncated/malformed line (the fixtures plant some for the
+                    # readers' reject tests): the raw line is still text to learn from
+                    obj = line
+                yield from _strings(obj)
+    elif name.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            yield from _strings(json.load(f))
+    elif name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        yield from _strings(pq.read_table(path).to_pylist())
+    elif name.endswith(".csv"):
+        import csv
+
+        with open(path, encoding="utf-8", newline="") as f:
+            for row in csv.reader(f):
+                yield from row
+    elif name.endswith(".txt"):
+        yield path.read_text(encoding="utf-8")
+    else:
+        raise TwinError(f"cannot read text from {path} (a twin reads .jsonl, .json, .parquet, .csv and .txt files)")
+
+
+def _corpus(text_files: list[Path]) -> list[str]:
+    lines: set[str] = set()
+    for path in sorted(Path(p) for p in text_files):
+        for text in iter_texts(path):
+            for line in text.splitlines():
+                if line.strip():
+                    lines.add(line)
+    return sorted(lines)
 
 
 # --------------------------------------------------------------------------- tokenizers

@@ -10,8 +10,9 @@ deterministic, scaled-down copy that the tiny build trains on (``reprotune.twin`
 Adding a base is adding one file. Rules checked on load, each a one-line
 ``BaseProfileError``: the file name is the id's slug; the twin keeps the real base's
 query-heads : KV-heads ratio; heads divide the hidden size and KV heads divide the heads;
-twin hidden and intermediate sizes are multiples of 64 (bitsandbytes' CPU 4-bit kernels
-assume whole quantization blocks per row); the tokenizer files fit the family.
+twin hidden and intermediate sizes are multiples of 64 and the k/v projections' output rows a
+multiple of 32 (bitsandbytes' CPU 4-bit kernels assume whole quantization blocks per row and
+pack output rows in 32s, so QLoRA runs on the twin); the tokenizer files fit the family.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from pathlib import Path
 import yaml
 
 PROFILE_DIR = Path(__file__).resolve().parent
-BLOCK = 64
+BLOCK = 64          # bitsandbytes' 4-bit quantization block: whole blocks per input row
+CPU_4BIT_ROWS = 32  # bitsandbytes' CPU 4-bit matmul packs output rows in blocks of 32
 
 
 class BaseProfileError(ValueError):
@@ -49,6 +51,10 @@ def _check_sizes(where: str, p: dict) -> None:
     for key in ("hidden_size", "intermediate_size"):
         if twin[key] % BLOCK:
             raise BaseProfileError(f"{where}: key 'twin.{key}': {twin[key]} is not a multiple of {BLOCK}")
+    kv_width = twin["num_key_value_heads"] * twin["hidden_size"] // twin["num_attention_heads"]
+    if kv_width % CPU_4BIT_ROWS:
+        raise BaseProfileError(f"{where}: key 'twin.num_key_value_heads': the k/v projections have {kv_width} "
+                               f"output rows, not a multiple of {CPU_4BIT_ROWS}")
 
 
 def _check_tokenizer(where: str, tok: dict) -> None:
