@@ -37,6 +37,8 @@ file it was made from); ``files`` lists what is in the directory. Besides the in
   recipe's stages run (``reprotune.plan.code_inputs`` of download, clean, mix,
   train, merge, evaluate, provenance; the card's own code is left out because the
   card is rendered *from* this lock) and ``package_sha256``, a digest of that list;
+* ``base_model``: the real base id and revision the recipe names, ``twin`` (true when the build
+  trained on its twin, with the profile's path and sha256 and the twin settings);
 * ``containers``: image per rule; ``{}`` with ``containers_note`` saying so when the
   rules ran on the host (the default: no ``--use-singularity``);
 * the Python version, the versions of the ML stack, the sha256 of the resolved
@@ -366,9 +368,24 @@ def collect(spec: dict, inputs: dict[str, str | os.PathLike]) -> dict:
         "python_implementation": platform.python_implementation(),
         "versions": package_versions(),
         "fixtures": fixture_files(recipe),
+        "base_model": base_model_record(recipe),
         "inputs": {name: scrubber.obj(hash_input(path, root)) for name, path in sorted(inputs.items())},
     }
     return prov
+
+
+def base_model_record(recipe: dict) -> dict:
+    """The real base model the recipe names, and whether this build trained on its twin (then the
+    profile it was built from, by repository path and sha256)."""
+    base = recipe.get("base_model") or {}
+    out = {"id": base.get("id"), "revision": base.get("revision"), "twin": base.get("twin") is not None}
+    if out["twin"]:
+        from . import bases
+
+        path = bases.path(base["id"])
+        out["twin_profile"] = {"path": _repo_rel(str(path)), "sha256": sha256_file(path)}
+        out["twin_settings"] = base["twin"]
+    return out
 
 
 def write(spec: dict, inputs: dict[str, str | os.PathLike], out_path: str | os.PathLike) -> dict:

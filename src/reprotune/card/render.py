@@ -525,6 +525,14 @@ def _summary_rows(summary: dict | None) -> list[tuple[str, str]]:
                        ("Total parameters", "total_params")):
         if summary.get(key) is not None:
             rows.append((label, fmt(summary[key])))
+    probe = summary.get("loss_probe") or {}
+    for when in ("before", "after"):
+        if probe.get(when) is not None:
+            rows.append((f"Loss on the assistant tokens of {fmt(probe['rows'])} training rows, {when} training",
+                         fmt(probe[when])))
+    tok = summary.get("tokenizer") or {}
+    if tok.get("class"):
+        rows.append(("Tokenizer", f"{tok['class']} ({'fast' if tok.get('fast') else 'slow, SentencePiece'})"))
     return rows
 
 
@@ -676,7 +684,8 @@ def build_context(spec: dict) -> dict:
         license_text=(card.get("license_text") or "").strip(), limitations=(card.get("limitations") or "").strip(),
         citations=[c.strip() for c in card.get("citations") or []], notes=card.get("notes") or [],
         languages=card.get("language") or [], library_name=card.get("library_name") or "transformers",
-        base=dict(id=base.get("id"), revision=base.get("revision"), hub=_is_hub_id(base.get("id"))),
+        base=dict(id=base.get("id"), revision=base.get("revision"), hub=_is_hub_id(base.get("id")),
+                  twin=base.get("twin") is not None),
         datasets=[_dataset_context(recipe, a, _load(reports.get(a))) for a in adapters],
         training=[trains[a] for a in adapters], any_bnb=any(trains[a]["bnb"] for a in adapters),
         rope=any_rope, versions=versions,
