@@ -54,6 +54,7 @@ import math
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -754,6 +755,25 @@ def fit(trainer: CountingTrainer, resume: Resume) -> None:
     trainer.state.epoch = float(resume.state.get("epoch") or 0.0)
 
 
+RUNINFO = "train_runinfo.json"  # wall time, throughput, peak GPU memory: run-dependent, kept out of the output
+
+
+def write_runinfo(path: Path, seconds: float, rows: list[dict], resumed_at: int, rank: int) -> dict:
+    """Throughput of this process's training run (steps after ``resumed_at``) and its peak GPU
+    memory, into the work dir (never into the deterministic output)."""
+    import torch
+
+    tokens = sum(r["tokens"] for r in rows if r["step"] > resumed_at)
+    info = {"seconds": round(seconds, 3), "steps": sum(1 for r in rows if r["step"] > resumed_at),
+            "tokens": int(tokens), "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
+            "peak_gpu_memory_bytes": int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None}
+    log.info("throughput: %s tokens in %.1f s (%s tokens/s, all processes); peak GPU memory %s", info["tokens"],
+             seconds, info["tokens_per_second"], info["peak_gpu_memory_bytes"])
+    if rank == 0:
+        atomic_write_json(path, info)
+    return info
+
+
 def final_loss(rows: list[dict]) -> float:
     loss = next((r["loss"] for r in reversed(rows)), None)
     if loss is None or not isinstance(loss, float) or not math.isfinite(loss):
@@ -853,7 +873,9 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
                               data_collator=make_collator(tokenizer, eff["packing"]), step_log=step_log,
                               callbacks=[*extra_callbacks, MarkComplete(work_dir / "checkpoints", resume.fingerprint)])
     probe = {"rows": len(data.probe), "before": probe_loss(trainer, data.probe)}
+    started = time.monotonic()
     fit(trainer, resume)
+    write_runinfo(work_dir / RUNINFO, time.monotonic() - started, step_log.rows, resume.step, rank)
     step_log.close()
     final_loss(step_log.rows)
     probe["after"] = probe_loss(trainer, data.probe)

@@ -347,8 +347,11 @@ def _settings(spec: dict) -> tuple[dict, dict, int]:
     return profile, pre, int(spec.get("seed", 0))
 
 
-def build(spec: dict, text_files: list[Path], out_root: Path) -> dict:
-    """Build the twin mirror under ``out_root`` (atomically); return ``twin_info``."""
+def build(spec: dict, text_files: list[Path], out_root: Path, threads: int = 1) -> dict:
+    """Build the twin mirror under ``out_root`` (atomically); return ``twin_info``.
+
+    ``threads``: torch threads while building (1 in the pipeline, for bytes that do not depend
+    on the machine; the GPU rehearsal's ~1B twin uses every core)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -357,8 +360,8 @@ def build(spec: dict, text_files: list[Path], out_root: Path) -> dict:
     corpus = _corpus(list(text_files))
     if not corpus:
         raise TwinError("no text found in the given files")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         with atomic_dir(Path(out_root)) as tmp:
             repo = tmp / "hub" / "models" / profile["id"]
@@ -379,7 +382,7 @@ def build(spec: dict, text_files: list[Path], out_root: Path) -> dict:
             write_sums(tmp / "hub", tmp / "SHA256SUMS")
             atomic_write_json(tmp / "twin_info.json", info)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(saved)
     log.info("twin of %s: %d parameters, vocab %d, pre-training loss %.3f -> %.3f", profile["id"],
              info["parameters"], info["vocab_size"], losses[0] if losses else float("nan"),
              losses[-1] if losses else float("nan"))
