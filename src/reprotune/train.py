@@ -28,10 +28,21 @@ counts only once its completion marker (``reprotune_complete.json``, written aft
 every process has finished writing it) exists, so a SIGKILL mid-save is harmless.
 A re-run with the same inputs resumes from the last complete checkpoint (model,
 optimizer, scheduler, RNG states, data position; a fingerprint of spec, data and
-base guards against resuming a different run).  TensorBoard event files (they
-carry wall-clock times, so never in the output) go to ``--tensorboard`` (default
-``WORK_DIR/tensorboard``).  The output directory is
-written atomically and holds:
+base guards against resuming a different run).
+
+Preemption: on SIGTERM or SIGUSR1 (what SLURM sends before a time limit or a preemption)
+every training process records the signal; at the next optimizer-step end the processes agree
+(a max all-reduce of the flag when world size > 1, so they never diverge), save a complete
+checkpoint (same marker protocol), log ``interrupted by SIG... at step N: checkpoint-N is
+complete; rerunning the same command resumes from it`` and exit 75 (EX_TEMPFAIL).  From the
+signal to the exit: the rest of the current step plus one checkpoint save (a signal during data
+preparation or model loading is acted on at the first step end).  Run under
+``python -m reprotune.launch -- accelerate launch ...`` so that accelerate / torchrun ignore the
+signal and it reaches every training process (``reprotune.launch``).
+
+TensorBoard event files (they carry wall-clock times, so never in the output) go to
+``--tensorboard`` (default ``WORK_DIR/tensorboard``).  The output directory is written
+atomically and holds:
 
 * lora/qlora: ``adapter_model.safetensors``, ``adapter_config.json``;
   full: ``model.safetensors``, ``config.json``, ``generation_config.json``;
@@ -47,12 +58,14 @@ written atomically and holds:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -720,6 +733,63 @@ class MarkComplete(TrainerCallback):
         _barrier()
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # what SLURM sends before a time limit / preemption
+EX_TEMPFAIL = 75  # exit status of an interrupted run: rerun it to resume
+
+
+class StopRequest:
+    """Signal handler that only records the signal; training acts on it at the next step end."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    def __call__(self, signum: int, frame) -> None:
+        self.signum = int(signum)
+
+    @contextlib.contextmanager
+    def installed(self):
+        """The handler of SIGTERM and SIGUSR1 while the block runs (the previous ones after it)."""
+        previous = {sig: signal.signal(sig, self) for sig in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after writing a complete checkpoint."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}: checkpoint-{step} is "
+                         "complete; rerunning the same command resumes from it")
+        self.signum, self.step = signum, step
+
+
+class StopAtStepEnd(TrainerCallback):
+    """At every optimizer-step end the processes agree (max all-reduce) whether any got a stop signal;
+    if so they save a checkpoint now (the completion marker follows as for any checkpoint) and stop."""
+
+    def __init__(self, request: StopRequest):
+        self.request = request
+        self.signum = 0
+        self.step: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        signum = self.request.signum
+        if args.world_size > 1:
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor(signum, device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag.item())
+        if signum:
+            self.signum, self.step = signum, int(state.global_step)
+            control.should_save = True
+            control.should_training_stop = True
+
+
 def fit(trainer: CountingTrainer, resume: Resume) -> None:
     """Train, from ``resume``'s checkpoint when there is one."""
     if not resume.finished:
@@ -795,11 +865,14 @@ def write_outputs(out_dir: Path, model, tokenizer, template, base_id: str, summa
 
 # --------------------------------------------------------------------------- main
 def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Path,
-        tensorboard_dir: Path | None = None, extra_callbacks: Sequence[TrainerCallback] = ()) -> dict:
+        tensorboard_dir: Path | None = None, extra_callbacks: Sequence[TrainerCallback] = (),
+        stop: StopRequest | None = None) -> dict:
     """Train one adapter; returns the summary (``{}`` on processes other than 0).
 
-    ``extra_callbacks`` go before the completion marker: their ``on_save`` runs after a
-    checkpoint's files are written and before it is marked complete (tests stop runs there).
+    ``stop``: the installed signal handler (:func:`main` installs one); when it has seen SIGTERM or
+    SIGUSR1, training checkpoints at the next step end and raises :class:`Interrupted`.
+    ``extra_callbacks`` go first: their ``on_save`` runs after a checkpoint's files are written
+    and before it is marked complete (tests stop runs there).
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     transformers.utils.logging.set_verbosity_warning()
@@ -821,11 +894,14 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
     model, overrides, params = build_model(base_dir, s, eff, cuda)
     tb_dir = Path(tensorboard_dir) if tensorboard_dir else work_dir / "tensorboard"
     step_log = StepLog(resume, work_dir / PARTIAL_LOG, tb_dir if rank == 0 else None)
-    trainer = CountingTrainer(model=model, args=args, train_dataset=data.rows,
-                              data_collator=make_collator(tokenizer, eff["packing"]), step_log=step_log,
-                              callbacks=[*extra_callbacks, MarkComplete(work_dir / "checkpoints", resume.fingerprint)])
+    stopper = StopAtStepEnd(stop or StopRequest())
+    callbacks = [*extra_callbacks, stopper, MarkComplete(work_dir / "checkpoints", resume.fingerprint)]
+    trainer = CountingTrainer(model=model, args=args, train_dataset=data.rows, callbacks=callbacks,
+                              data_collator=make_collator(tokenizer, eff["packing"]), step_log=step_log)
     fit(trainer, resume)
     step_log.close()
+    if stopper.step is not None:
+        raise Interrupted(stopper.signum, stopper.step)
     final_loss(step_log.rows)
     if not trainer.is_world_process_zero():
         return {}
@@ -852,7 +928,14 @@ def _load_spec(value: str) -> dict:
     return spec
 
 
-def main(argv: list[str] | None = None, extra_callbacks: Sequence[TrainerCallback] = ()) -> int:
+def main(argv: list[str] | None = None, extra_callbacks: Sequence[TrainerCallback] = (),
+         stop: StopRequest | None = None) -> int:
+    """The command line; ``stop`` (default: a new one) handles SIGTERM/SIGUSR1 while it runs."""
+    with (stop or StopRequest()).installed() as installed:
+        return _main(argv, extra_callbacks, installed)
+
+
+def _main(argv: list[str] | None, extra_callbacks: Sequence[TrainerCallback], stop: StopRequest) -> int:
     parser = argparse.ArgumentParser(prog="reprotune.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", required=True, help="JSON object or path of a JSON file")
     parser.add_argument("--data", required=True, type=Path, help="directory with train.jsonl")
@@ -867,7 +950,11 @@ def main(argv: list[str] | None = None, extra_callbacks: Sequence[TrainerCallbac
 
     log_runtime(f"train (rank {os.environ.get('RANK', '0')})")
     try:
-        run(_load_spec(ns.spec), ns.data, ns.base, ns.out, ns.work, ns.tensorboard, extra_callbacks)
+        run(_load_spec(ns.spec), ns.data, ns.base, ns.out, ns.work, ns.tensorboard, extra_callbacks, stop)
+    except Interrupted as e:
+        if os.environ.get("RANK", "0") == "0":
+            log.warning("%s", e)
+        return EX_TEMPFAIL
     except Exception as e:  # user-facing errors of any reprotune stage: one line, exit 2
         if type(e).__module__.startswith("reprotune") and type(e).__name__.endswith("Error"):
             log.error("%s", e)
