@@ -148,9 +148,11 @@ def test_accelerate_args_pick_the_config(num_gpus, deepspeed, expected):
 def test_runtime_choices_name_the_deepspeed_json_only_on_gpu(caplog):
     import logging
 
-    from reprotune.train import resolve_train, runtime_choices
+    from reprotune.recipe import resolve_train
+    from reprotune.train import runtime_choices
 
-    s = resolve_train({"deepspeed": "zero3", "num_gpus": 8})
+    s = resolve_train({"method": "full", "learning_rate": 1e-5, "per_device_batch_size": 1, "max_length": 64,
+                       "deepspeed": "zero3", "num_gpus": 8})
     with caplog.at_level(logging.INFO, logger="reprotune.train"):
         assert runtime_choices(s, cuda=False)["deepspeed"] is None
     assert "deepspeed: zero3 is ignored on CPU" in caplog.text
