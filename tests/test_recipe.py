@@ -136,6 +136,30 @@ BAD = [
     ([(f"{T}.lora.dropout", 1.5)], f"key '{T}.lora.dropout': 1.5 is out of range (expected <= 1)"),
     ([(f"{T}.epochs", -1)], f"key '{T}.epochs': -1 is out of range (expected > 0)"),
     ([(f"{T}.deepspeed", "zero9")], f"key '{T}.deepspeed': 'zero9' is not allowed (expected one of: None,"),
+    # issue 14: every accepted key changes what runs; filter parameters per filter
+    ([(f"{T}.adam_beta2", 1.0)], f"key '{T}.adam_beta2': 1.0 is out of range (expected < 1)"),
+    ([(f"{T}.adam_epsilon", 0)], f"key '{T}.adam_epsilon': 0 is out of range (expected > 0)"),
+    ([(f"{T}.lora.alpha", 16.5)], f"key '{T}.lora.alpha': 16.5 has the wrong type (expected integer)"),
+    ([(f"{T}.quantization.blocksize", 64)], f"unknown key '{T}.quantization.blocksize'"),
+    ([(f"{T}.rope_scaling", {"type": "dynamic", "factor": 2})], f"key '{T}.rope_scaling.type': 'dynamic' is not "
+                                                                 "allowed (expected 'linear')"),
+    ([("sources.tulu_v2_mix.filters", [{"name": "near_dedup", "threshold": 2}])],
+     "key 'sources.tulu_v2_mix.filters.0.threshold': 2 is out of range (expected <= 1)"),
+    ([("sources.tulu_v2_mix.filters", [{"name": "near_dedup", "threshold": 0}])],
+     "key 'sources.tulu_v2_mix.filters.0.threshold': 0 is out of range (expected > 0)"),
+    ([("sources.tulu_v2_mix.filters", [{"name": "near_dedup", "num_perm": 1}])],
+     "key 'sources.tulu_v2_mix.filters.0.num_perm': 1 is out of range (expected >= 2)"),
+    ([("sources.tulu_v2_mix.filters", [{"name": "empty_turns"}, {"name": "exact_dedup", "threshold": 0.5}])],
+     "unknown key 'sources.tulu_v2_mix.filters.1.threshold' (expected one of: name)"),
+    ([("sources.tulu_v2_mix.filters", [{"name": "length", "max_chars": -1}])],
+     "key 'sources.tulu_v2_mix.filters.0.max_chars': -1 is out of range (expected >= 0)"),
+    ([("sources.tulu_v2_mix.filters", [{"name": "alternating", "first": "system"}])],
+     "key 'sources.tulu_v2_mix.filters.0.first': 'system' is not allowed"),
+    ([("sources.tulu_v2_mix.filters", [{"name": "lang", "missing": "keep"}])],
+     "missing required key 'sources.tulu_v2_mix.filters.0.allow'"),
+    ([("defaults", {"train": {"lr": 1}})], "unknown key 'defaults.train.lr'"),
+    ([("defaults", {"train": {"learning_rate": "fast"}})],
+     "key 'defaults.train.learning_rate': 'fast' has the wrong type (expected number)"),
 ]
 
 
@@ -157,7 +181,7 @@ def test_bad_recipe_one_clear_line(tmp_path, mutations, expected):
 def test_combine_needs_equal_rank_for_linear(tmp_path):
     data = yaml.safe_load((REPO / "recipes" / "fashiongpt-v1.1.yaml").read_text())
     data["merge"]["combine"]["combination_type"] = "linear"
-    data["adapters"]["multiturn"]["train"]["lora"]["r"] = 8
+    data["adapters"]["multiturn"]["train"] = {"lora": {"r": 8}}  # over the recipe's defaults.train
     path = tmp_path / "fashiongpt-v1.1.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(RecipeError, match=r"'linear' needs adapters of equal rank \(got r=\[8, 64\]\)"):
@@ -215,3 +239,70 @@ def test_accelerate_args_follow_the_recipe():
 def test_apply_overlay_none_is_full_scale():
     r = apply_overlay(_base(), None)
     assert r["scale"] == "full" and r["hub_mirror"] is None
+
+
+FASHIONGPT_TRAIN = {  # the card's settings, the same for the three adapters
+    "method": "qlora", "lora": {"r": 64, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"},
+    "quantization": {"quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"},
+    "learning_rate": 1.0e-4, "lr_scheduler": "constant", "warmup_ratio": 0.03, "epochs": 3,
+    "per_device_batch_size": 1, "gradient_accumulation_steps": 16, "num_gpus": 8, "max_length": 4096,
+    "optimizer": "paged_adamw_32bit", "max_grad_norm": 0.3, "weight_decay": 0.0, "precision": "bf16", "seed": 42,
+    "gradient_checkpointing": True, "deepspeed": None}
+
+
+def test_defaults_train_is_merged_under_every_adapter_before_the_overlay(tmp_path):
+    path = REPO / "recipes" / "fashiongpt-v1.1.yaml"
+    assert "defaults" in yaml.safe_load(path.read_text())
+    full, tiny = load_recipe(path), load_recipe(path, TINY)
+    assert "defaults" not in full and "defaults" not in tiny
+    assert {a: ad["train"] for a, ad in full["adapters"].items()} == dict.fromkeys(
+        ["orca_style", "conversational", "multiturn"], FASHIONGPT_TRAIN)
+    assert all(ad["train"]["max_steps"] == 6 and ad["train"]["num_gpus"] == 0 for ad in tiny["adapters"].values())
+    # the adapter's own keys win, deep (lora.r here, alpha etc. from defaults)
+    data = yaml.safe_load(path.read_text())
+    data["adapters"]["multiturn"]["train"] = {"lora": {"r": 8}, "learning_rate": 2e-4}
+    data["merge"]["combine"]["combination_type"] = "cat"
+    (tmp_path / path.name).write_text(yaml.safe_dump(data))
+    mt = load_recipe(tmp_path / path.name)["adapters"]["multiturn"]["train"]
+    assert mt == {**FASHIONGPT_TRAIN, "learning_rate": 2e-4, "lora": {**FASHIONGPT_TRAIN["lora"], "r": 8}}
+
+
+def test_resolve_train_fills_the_schema_defaults():
+    from reprotune.recipe import _schema, resolve_train
+
+    settings = _schema("recipe")["$defs"]["train_settings"]["properties"]
+    s = resolve_train({"method": "lora", "lora": {"r": 2, "alpha": 4}, "learning_rate": 1e-4,
+                       "per_device_batch_size": 1, "max_length": 64, "seed": 5})
+    for key, prop in settings.items():
+        if "default" in prop and key not in ("seed", "data_seed"):
+            assert s[key] == prop["default"], key
+    assert s["data_seed"] == 5 and "quantization" not in s  # data_seed: null -> the seed; no QLoRA block for LoRA
+    assert s["lora"] == {"r": 2, "alpha": 4, "dropout": 0.05, "target_modules": "all-linear"}
+    q = resolve_train({"method": "qlora", "lora": {"r": 2, "alpha": 4}, "quantization": {"quant_type": "fp4"},
+                       "learning_rate": 1e-4, "per_device_batch_size": 1, "max_length": 64})
+    assert q["quantization"] == {"quant_type": "fp4", "double_quant": True, "compute_dtype": "bfloat16"}
+    with pytest.raises(RecipeError, match=r"^spec: key 'x.train.max_length': 4 is out of range \(expected >= 8\)$"):
+        resolve_train({**s, "max_length": 4}, "spec", "x.train")
+    with pytest.raises(RecipeError, match=r"^spec: missing required key 'train.learning_rate'$"):
+        resolve_train({"method": "full", "per_device_batch_size": 1, "max_length": 64}, "spec")
+
+
+def test_filter_schema_matches_the_filter_registry():
+    """The schema takes exactly the parameters each filter's factory takes (so each one is used)."""
+    import inspect
+
+    from reprotune import filters
+    from reprotune.recipe import _schema
+
+    fs = _schema("recipe")["$defs"]["filter"]
+    assert set(fs["properties"]["name"]["enum"]) == set(filters.known())
+    per_filter = {}
+    for rule in fs["allOf"]:
+        then = rule["then"]
+        assert then["additionalProperties"] is False
+        per_filter[rule["if"]["properties"]["name"]["const"]] = then
+    assert set(per_filter) == set(filters.known())
+    for name, then in per_filter.items():
+        params = inspect.signature(filters._REGISTRY[name]).parameters
+        assert set(then["properties"]) - {"name"} == set(params), name
+        assert set(then.get("required", [])) == {p for p, v in params.items() if v.default is inspect.Parameter.empty}

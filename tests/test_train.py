@@ -1,4 +1,5 @@
-"""reprotune.train: deterministic LoRA under accelerate, QLoRA on CPU, full FT + RoPE scaling, checkpoints.
+"""reprotune.train: deterministic LoRA under accelerate, QLoRA on CPU, full FT + RoPE scaling, checkpoints;
+every train setting the schema accepts reaches the trainer.
 
 Resume after SIGKILL: tests/test_resume.py; packing: tests/test_packing.py; DDP: tests/test_ddp.py."""
 from __future__ import annotations
@@ -163,6 +164,7 @@ def test_full_finetune_with_rope_scaling(env):
 
     spec = json.loads(json.dumps(SPEC))
     spec["template"] = "fashiongpt"
+    del spec["train"]["lora"]
     spec["train"].update(method="full", max_steps=2, rope_scaling={"type": "linear", "factor": 2},
                          gradient_checkpointing=True)
     _ok(_run(env, spec, "full"))
@@ -177,14 +179,23 @@ def test_full_finetune_with_rope_scaling(env):
     assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
 
 
-def test_bad_spec_is_a_one_line_error(env, tmp_path, caplog):
+@pytest.mark.parametrize("change,expected", [
+    ({"method": "dora"}, "--spec: key 'train.method': 'dora' is not allowed (expected one of: 'lora', 'qlora', 'full')"),
+    ({"lr_scheduler": "polynomial"}, "--spec: key 'train.lr_scheduler': 'polynomial' is not allowed"),
+    ({"adam_beta2": 1.5}, "--spec: key 'train.adam_beta2': 1.5 is out of range (expected < 1)"),
+    ({"learning_rate": None}, "--spec: key 'train.learning_rate': None has the wrong type (expected number)"),
+    ({"method": "full"}, "--spec: key 'train.lora': a full fine-tune takes no LoRA settings"),
+])
+def test_bad_spec_is_a_one_line_error(env, tmp_path, caplog, change, expected):
     from reprotune import train
 
-    spec = {"template": "oasst", "train": {"method": "dora"}}
+    spec = json.loads(json.dumps(SPEC))
+    spec["train"].update(change)
     rc = train.main(["--spec", json.dumps(spec), "--data", str(env / "data"), "--base", str(env / "base"),
                      "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")])
     assert rc == 2
-    assert "train.method must be one of" in caplog.text
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(expected) and "\n" not in errors[0], errors
     assert not (tmp_path / "o").exists()
 
 
@@ -231,3 +242,135 @@ def test_checkpoints_of_another_spec_are_not_resumed(env):
     p = _ok(_run(env, spec, "stale"))
     assert "checkpoints of a different run" in p.stderr and "resuming from checkpoint" not in p.stderr
     assert json.loads((env / "stale" / "train_summary.json").read_text())["steps"] == 2
+
+
+# --------------------------------------------------------------------------- settings reach the trainer
+BASE = {"method": "lora", "lora": {"r": 4, "alpha": 8}, "learning_rate": 1e-3, "per_device_batch_size": 2,
+        "max_length": 16}  # short: truncation happens, so max_length shows in the rows
+QBASE = {**BASE, "method": "qlora", "quantization": {}}
+OTHER = {  # settings whose other values the schema cannot enumerate
+    "method": [{k: v for k, v in BASE.items() if k != "lora"} | {"method": "full"}, QBASE],
+    "rope_scaling": [{**BASE, "rope_scaling": {"type": "linear", "factor": 2}}],
+    "lora.target_modules": [{**BASE, "lora": {**BASE["lora"], "target_modules": ["q_proj", "v_proj"]}}],
+}
+
+
+def _train_schema() -> dict:
+    from reprotune.recipe import _schema
+
+    return _schema("recipe")["$defs"]["train_settings"]
+
+
+def _leaves(schema: dict, prefix: str = ""):
+    """(dotted key, property schema) of every setting; the lora / quantization blocks by their keys."""
+    for key, prop in schema["properties"].items():
+        if prop.get("type") == "object" and "properties" in prop:
+            yield from _leaves(prop, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", prop
+
+
+def _alternatives(prop: dict, current) -> list:
+    """Values the property's schema accepts, other than ``current``."""
+    import jsonschema
+
+    types = prop.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if "enum" in prop:
+        candidates = list(prop["enum"])
+    elif "boolean" in types:
+        candidates = [not current]
+    elif "number" in types or "integer" in types:
+        x = current if isinstance(current, (int, float)) else 0
+        candidates = [x + 1, x * 2, x / 2, (x + 1) / 2, 1, 0]
+    else:
+        return []
+    ok = jsonschema.Draft202012Validator(prop).is_valid
+    return [c for c in candidates if c != current and ok(c)]
+
+
+def _with(block: dict, dotted: str, value) -> dict:
+    out = json.loads(json.dumps(block))
+    *parents, last = dotted.split(".")
+    d = out
+    for k in parents:
+        d = d[k]
+    d[last] = value
+    return out
+
+
+def _given(s: dict, env, tmp_path) -> dict:
+    """Everything the train stage derives from resolved settings ``s``: machine choices (CPU and
+    CUDA), TrainingArguments, model loading and LoRA config, RoPE override, the training rows and
+    the launch config."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from reprotune import plan, templates
+    from reprotune.train import _load_kwargs, apply_rope_scaling, load_rows, lora_config, runtime_choices, \
+        training_arguments
+
+    cpu, gpu = runtime_choices(s, cuda=False), runtime_choices(s, cuda=True)
+    args = training_arguments(s, cpu, False, tmp_path / "ckpt").to_dict()
+    tok = AutoTokenizer.from_pretrained(env / "base")
+    return {"effective": (cpu, gpu), "args": args, "load": repr(_load_kwargs(s, gpu, cuda=True)),
+            "lora": lora_config(s["lora"]).to_dict() if "lora" in s else None,
+            "rope": apply_rope_scaling(AutoConfig.from_pretrained(env / "base"), s["rope_scaling"]),
+            "rows": load_rows(env / "data", templates.get("oasst"), tok, s["max_length"], cpu["packing"]),
+            "launch": plan.accelerate_args({"adapters": {"a": {"train": s}}}, "a", None)}
+
+
+def test_every_train_setting_the_schema_accepts_changes_what_the_trainer_is_given(env, tmp_path):
+    from reprotune.recipe import resolve_train
+
+    checked = []
+    for dotted, prop in _leaves(_train_schema()):
+        base = QBASE if dotted.startswith("quantization.") else BASE
+        current = resolve_train(base)
+        for k in dotted.split("."):
+            current = current[k]
+        variants = OTHER.get(dotted) or [_with(base, dotted, v) for v in _alternatives(prop, current)]
+        assert variants, f"train.{dotted}: no other value to try (add one to OTHER)"
+        ref = _given(resolve_train(base), env, tmp_path)
+        assert any(_given(resolve_train(v), env, tmp_path) != ref for v in variants), \
+            f"train.{dotted} is accepted by the schema but changes nothing the trainer is given"
+        checked.append(dotted)
+    assert "adam_beta2" in checked and "quantization.compute_dtype" in checked and len(checked) > 30
+
+
+def _tiny_trainer(s: dict, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer
+
+    from reprotune.train import runtime_choices, training_arguments
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    return Trainer(model=model, args=training_arguments(s, runtime_choices(s, False), False, tmp_path / "ckpt"))
+
+
+def test_adam_settings_reach_the_optimizer(tmp_path):
+    from reprotune.recipe import resolve_train
+
+    s = resolve_train({**BASE, "adam_beta1": 0.85, "adam_beta2": 0.95, "adam_epsilon": 1e-6})
+    groups = _tiny_trainer(s, tmp_path).create_optimizer().param_groups
+    assert groups and all(g["betas"] == (0.85, 0.95) and g["eps"] == 1e-6 for g in groups)
+    default = _tiny_trainer(resolve_train(BASE), tmp_path).create_optimizer().param_groups[0]
+    assert default["betas"] == (0.9, 0.999) and default["eps"] == 1e-8  # the schema defaults
+
+
+@pytest.mark.parametrize("scheduler", _train_schema()["properties"]["lr_scheduler"]["enum"])
+def test_every_scheduler_the_schema_accepts_runs(tmp_path, scheduler):
+    from reprotune.recipe import resolve_train
+
+    s = resolve_train({**BASE, "lr_scheduler": scheduler, "warmup_steps": 2})
+    trainer = _tiny_trainer(s, tmp_path)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert lrs[0] == 0.0 and lrs[2] == pytest.approx(1e-3)  # two warmup steps, then the peak
+    if scheduler.startswith("constant"):
+        assert lrs[2:] == pytest.approx([1e-3] * 8)
+    else:
+        assert lrs[-1] < lrs[3] < lrs[2]

@@ -6,6 +6,12 @@ that a JSON schema cannot express. Every problem is reported as ONE line that
 names the file, the key and what was expected (``RecipeError``); callers print
 it and exit non-zero, never a traceback.
 
+A recipe's optional ``defaults: {train: {...}}`` is deep-merged under every adapter's ``train``
+block first (the adapter's own keys win), so shared settings are written once.
+``resolve_train`` is the one place that turns a train block into the settings a run uses
+(the schema's ``default:`` values fill what the block leaves out); recipe loading and the
+train stage both call it.
+
 An overlay (``overlays/tiny.yaml``) is applied on top of the validated recipe to
 change the scale of a build: it swaps the base model, points sources at the
 fixture mirror, merges its ``train`` block into every adapter and its ``eval``
@@ -58,20 +64,21 @@ def _key_path(path) -> str:
     return ".".join(parts) if parts else "<top level>"
 
 
-def _describe(err: jsonschema.ValidationError) -> str:
-    """Turn a jsonschema error into 'key: problem (expected ...)'."""
-    key = _key_path(err.absolute_path)
+def _describe(err: jsonschema.ValidationError, at: tuple = ()) -> str:
+    """Turn a jsonschema error into 'key: problem (expected ...)'; ``at``: where the instance sits."""
+    path = [*at, *err.absolute_path]
+    key = _key_path(path)
     v = err.validator
     if v == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
-        pre = f"{key}." if err.absolute_path else ""
+        pre = f"{key}." if path else ""
         names = ", ".join(f"'{pre}{e}'" for e in extra) or key
         hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
         return f"unknown key {names}{hint}"
     if v == "required":
         missing = err.message.split("'")[1] if "'" in err.message else err.message
-        pre = f"{key}." if err.absolute_path else ""
+        pre = f"{key}." if path else ""
         return f"missing required key '{pre}{missing}'"
     if v == "enum":
         opts = ", ".join(repr(o) for o in err.validator_value)
@@ -101,10 +108,18 @@ def _describe(err: jsonschema.ValidationError) -> str:
     return f"key '{key}': {err.message}"
 
 
-def validate(data: Any, schema_name: str, source: str) -> None:
-    """Validate ``data`` against a repo schema; raise RecipeError with one line."""
-    validator = jsonschema.Draft202012Validator(_schema(schema_name))
-    errors = list(validator.iter_errors(data))
+@lru_cache(maxsize=None)
+def _validator(schema_name: str, definition: str | None) -> jsonschema.Draft202012Validator:
+    schema = _schema(schema_name)
+    if definition is not None:
+        schema = {"$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"}
+    return jsonschema.Draft202012Validator(schema)
+
+
+def validate(data: Any, schema_name: str, source: str, definition: str | None = None, at: tuple = ()) -> None:
+    """Validate ``data`` against a repo schema (or one of its ``$defs``, for data that sits at key
+    path ``at``); raise RecipeError with one line."""
+    errors = list(_validator(schema_name, definition).iter_errors(data))
     if not errors:
         return
     # report the most specific error first (deepest path), deterministically
@@ -114,7 +129,7 @@ def validate(data: Any, schema_name: str, source: str) -> None:
     # for oneOf/anyOf, descend into the most relevant context error
     while best.context:
         best = sorted(best.context, key=rank)[0]
-    raise RecipeError(f"{source}: {_describe(best)}")
+    raise RecipeError(f"{source}: {_describe(best, at)}")
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -131,6 +146,46 @@ def read_yaml(path: str | Path) -> Any:
         raise RecipeError(f"{path}:{where} invalid YAML ({problem})") from None
 
 
+def _fill_defaults(value: dict, schema: dict) -> dict:
+    """``value`` plus the schema ``default`` of each property it leaves out; the objects it has
+    are filled in turn (a block it leaves out gets nothing: lora, quantization)."""
+    out = copy.deepcopy(value)
+    for key, prop in schema.get("properties", {}).items():
+        if key not in out and "default" in prop:
+            out[key] = copy.deepcopy(prop["default"])
+        elif isinstance(out.get(key), dict) and prop.get("type") == "object":
+            out[key] = _fill_defaults(out[key], prop)
+    return out
+
+
+def _check_train(tr: dict, source: str, at: str) -> None:
+    """Cross-field rules of one train block."""
+    def fail(key: str, msg: str):
+        raise RecipeError(f"{source}: key '{at}.{key}': {msg}")
+
+    if tr["method"] in ("lora", "qlora") and "lora" not in tr:
+        fail("lora", f"method {tr['method']} needs a 'lora' block (r, alpha)")
+    if tr["method"] == "full" and "lora" in tr:
+        fail("lora", "a full fine-tune takes no LoRA settings (method is 'full')")
+    if tr["method"] != "qlora" and "quantization" in tr:
+        fail("quantization", f"quantization is only for method 'qlora' (method is '{tr['method']}')")
+    if tr["method"] == "qlora" and "quantization" not in tr:
+        fail("quantization", "method qlora needs a 'quantization' block (quant_type, double_quant, compute_dtype)")
+
+
+def resolve_train(train: Any, source: str = "train spec", at: str = "train") -> dict[str, Any]:
+    """The settings a train block runs with -- the one resolver, for recipe loading and the train
+    stage: the block is validated (schema ``$defs/train`` and the cross-field rules; RecipeError,
+    one line naming the key ``at...``), then every setting it leaves out takes its schema
+    ``default``; ``data_seed: null`` becomes the seed."""
+    validate(train, "recipe", source, definition="train", at=tuple(at.split(".")))
+    _check_train(train, source, at)
+    s = _fill_defaults(train, _schema("recipe")["$defs"]["train_settings"])
+    if s["data_seed"] is None:
+        s["data_seed"] = s["seed"]
+    return s
+
+
 def check_semantics(recipe: dict, source: str) -> None:
     """Cross-field rules the JSON schema cannot express."""
     def fail(key: str, msg: str):
@@ -139,16 +194,7 @@ def check_semantics(recipe: dict, source: str) -> None:
     sources = recipe["sources"]
     adapters = recipe["adapters"]
     for name, ad in sorted(adapters.items()):
-        tr = ad["train"]
-        base = f"adapters.{name}.train"
-        if tr["method"] in ("lora", "qlora") and "lora" not in tr:
-            fail(f"{base}.lora", f"method {tr['method']} needs a 'lora' block (r, alpha)")
-        if tr["method"] == "full" and "lora" in tr:
-            fail(f"{base}.lora", "a full fine-tune takes no LoRA settings (method is 'full')")
-        if tr["method"] != "qlora" and "quantization" in tr:
-            fail(f"{base}.quantization", f"quantization is only for method 'qlora' (method is '{tr['method']}')")
-        if tr["method"] == "qlora" and "quantization" not in tr:
-            fail(f"{base}.quantization", "method qlora needs a 'quantization' block (quant_type, double_quant, compute_dtype)")
+        resolve_train(ad["train"], source, f"adapters.{name}.train")
         for src in sorted(ad["data"]["mix"]):
             if src not in sources:
                 fail(f"adapters.{name}.data.mix.{src}", f"unknown source (defined sources: {', '.join(sorted(sources))})")
@@ -250,14 +296,29 @@ def load_overlay(path: str | Path | None) -> dict | None:
     return data
 
 
+def apply_defaults(recipe: dict) -> dict:
+    """``defaults.train`` deep-merged under every adapter's ``train`` (the adapter's keys win).
+    The ``defaults`` block stays for validation; :func:`load_recipe` drops it afterwards."""
+    shared = recipe.get("defaults", {}).get("train") if isinstance(recipe.get("defaults"), dict) else None
+    if not isinstance(shared, dict) or not isinstance(recipe.get("adapters"), dict):
+        return recipe
+    r = copy.deepcopy(recipe)
+    for ad in r["adapters"].values():
+        if isinstance(ad, dict) and isinstance(ad.get("train", {}), dict):
+            ad["train"] = _deep_merge(shared, ad.get("train", {}))
+    return r
+
+
 def load_recipe(path: str | Path, overlay: str | Path | dict | None = None) -> dict:
-    """Load, validate, overlay and re-validate one recipe. Raises RecipeError."""
+    """Load, merge ``defaults``, validate, overlay and re-validate one recipe. Raises RecipeError."""
     path = Path(path)
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping at the top level")
+    data = apply_defaults(data)
     validate(data, "recipe", str(path))
     check_semantics(data, str(path))
+    data.pop("defaults", None)
     if data["id"] != path.stem:
         raise RecipeError(f"{path}: key 'id': {data['id']!r} must equal the file name '{path.stem}'")
     ov = load_overlay(overlay) if not isinstance(overlay, dict) else overlay

@@ -28,10 +28,21 @@ counts only once its completion marker (``reprotune_complete.json``, written aft
 every process has finished writing it) exists, so a SIGKILL mid-save is harmless.
 A re-run with the same inputs resumes from the last complete checkpoint (model,
 optimizer, scheduler, RNG states, data position; a fingerprint of spec, data and
-base guards against resuming a different run).  TensorBoard event files (they
-carry wall-clock times, so never in the output) go to ``--tensorboard`` (default
-``WORK_DIR/tensorboard``).  The output directory is
-written atomically and holds:
+base guards against resuming a different run).
+
+Preemption: on SIGTERM or SIGUSR1 (what SLURM sends before a time limit or a preemption)
+every training process records the signal; at the next optimizer-step end the processes agree
+(a max all-reduce of the flag when world size > 1, so they never diverge), save a complete
+checkpoint (same marker protocol), log ``interrupted by SIG... at step N: checkpoint-N is
+complete; rerunning the same command resumes from it`` and exit 75 (EX_TEMPFAIL).  From the
+signal to the exit: the rest of the current step plus one checkpoint save (a signal during data
+preparation or model loading is acted on at the first step end).  Run under
+``python -m reprotune.launch -- accelerate launch ...`` so that accelerate / torchrun ignore the
+signal and it reaches every training process (``reprotune.launch``).
+
+TensorBoard event files (they carry wall-clock times, so never in the output) go to
+``--tensorboard`` (default ``WORK_DIR/tensorboard``).  The output directory is written
+atomically and holds:
 
 * lora/qlora: ``adapter_model.safetensors``, ``adapter_config.json``;
   full: ``model.safetensors``, ``config.json``, ``generation_config.json``;
@@ -47,12 +58,14 @@ written atomically and holds:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -67,45 +80,13 @@ from transformers.trainer_utils import enable_full_determinism
 from reprotune import templates
 from reprotune.io import (atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text, canonical_json,
                           jsonl_line, read_jsonl)
+from reprotune.recipe import resolve_train
 
 log = logging.getLogger("reprotune.train")
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
 
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "method": "lora",
-    "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"},
-    "quantization": {"quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"},
-    "learning_rate": 2e-4,
-    "lr_scheduler": "cosine",
-    "warmup_ratio": 0.0,
-    "warmup_steps": 0,
-    "epochs": 1,
-    "max_steps": -1,
-    "per_device_batch_size": 1,
-    "gradient_accumulation_steps": 1,
-    "max_length": 2048,
-    "optimizer": "adamw_torch",
-    "weight_decay": 0.0,
-    "precision": "bf16",
-    "seed": 42,
-    "data_seed": None,
-    "gradient_checkpointing": False,
-    "rope_scaling": None,
-    "attn_implementation": "sdpa",
-    "save_steps": 500,
-    "num_gpus": 1,
-    "deepspeed": None,
-    "packing": False,
-    "group_by_length": False,
-    "max_grad_norm": 1.0,
-}
-METHODS = ("lora", "qlora", "full")
-SCHEDULERS = ("cosine", "linear", "constant")
-OPTIMIZERS = ("adamw_torch", "paged_adamw_32bit", "paged_adamw_8bit")
-PRECISIONS = ("fp32", "bf16", "fp16")
-DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
-          "float32": "float32", "fp32": "float32"}
+HALF_PRECISION = {"bf16": "bfloat16", "fp16": "float16"}  # train.precision -> torch dtype of a frozen LoRA base
 
 
 class TrainError(ValueError):
@@ -113,86 +94,30 @@ class TrainError(ValueError):
 
 
 # --------------------------------------------------------------------------- settings
-def resolve_train(train: dict | None) -> dict[str, Any]:
-    """Defaults + the spec's ``train`` block, validated (one-line ``TrainError``s)."""
-    s = json.loads(json.dumps(TRAIN_DEFAULTS))
-    for key, value in (train or {}).items():
-        if key in ("lora", "quantization") and isinstance(value, dict):
-            s[key].update(value)
-        else:
-            s[key] = value
-    if s["method"] not in METHODS:
-        raise TrainError(f"train.method must be one of {METHODS}, got {s['method']!r}")
-    if s["lr_scheduler"] not in SCHEDULERS:
-        raise TrainError(f"train.lr_scheduler must be one of {SCHEDULERS}, got {s['lr_scheduler']!r}")
-    if s["optimizer"] not in OPTIMIZERS:
-        raise TrainError(f"train.optimizer must be one of {OPTIMIZERS}, got {s['optimizer']!r}")
-    if s["precision"] not in PRECISIONS:
-        raise TrainError(f"train.precision must be one of {PRECISIONS}, got {s['precision']!r}")
-    if s["deepspeed"] not in (None, "zero2", "zero3"):
-        raise TrainError(f"train.deepspeed must be null, zero2 or zero3, got {s['deepspeed']!r}")
-    if str(s["quantization"].get("compute_dtype")) not in DTYPES:
-        raise TrainError(f"train.quantization.compute_dtype unknown: {s['quantization'].get('compute_dtype')!r}")
-    if s["quantization"].get("quant_type", "nf4") not in ("nf4", "fp4"):
-        raise TrainError("train.quantization.quant_type must be nf4 or fp4")
-    rs = s["rope_scaling"]
-    if rs is not None:
-        if not isinstance(rs, dict) or rs.get("type", rs.get("rope_type")) != "linear" or "factor" not in rs:
-            raise TrainError(f"train.rope_scaling must be null or {{type: linear, factor: F}}, got {rs!r}")
-    for key in ("per_device_batch_size", "gradient_accumulation_steps", "max_length"):
-        if int(s[key]) < 1:
-            raise TrainError(f"train.{key} must be >= 1")
-    if s["data_seed"] is None:
-        s["data_seed"] = s["seed"]
-    return s
-
-
+# every setting comes from recipe.resolve_train: the schema's defaults and rules (schemas/recipe.schema.yaml)
 def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
-def runtime_choices(s: dict, cuda: bool) -> dict[str, Any]:
-    """Settings that depend on the machine; every downgrade is logged once."""
+def _attention(want: str, cuda: bool) -> str:
+    """auto: flash-attn where it can run, else sdpa."""
     import importlib.util
 
-    eff: dict[str, Any] = {"device": "cuda" if cuda else "cpu"}
-    # precision of weights / autocast
-    if not cuda and s["precision"] != "fp32":
-        log.info("precision: %s requested but running on CPU -> fp32 weights and math "
-                 "(QLoRA keeps its compute dtype)", s["precision"])
-        eff["precision"] = "fp32"
-    else:
-        eff["precision"] = s["precision"]
-    # attention kernel
-    want = s.get("attn_implementation") or "sdpa"
-    if want in ("flash_attention_2", "auto"):  # auto: flash-attn where it can run, else sdpa
-        if cuda and importlib.util.find_spec("flash_attn") is not None:
-            eff["attn_implementation"] = "flash_attention_2"
-        else:
-            log.info("attn_implementation: %s -> using sdpa (flash_attention_2 needs flash_attn and CUDA)", want)
-            eff["attn_implementation"] = "sdpa"
-    else:
-        eff["attn_implementation"] = want
-    # optimizer
-    opt = s["optimizer"]
-    if opt.startswith("paged_") and not cuda:
-        log.info("optimizer: %s needs CUDA (paged memory) -> adamw_torch on CPU", opt)
-        opt = "adamw_torch"
-    eff["optimizer"] = opt
-    # deepspeed
-    eff["deepspeed"] = None
-    if s["deepspeed"]:
-        if cuda:
-            eff["deepspeed"] = str(CONFIG_ROOT / "deepspeed" / f"{s['deepspeed']}.json")
-        else:
-            log.info("deepspeed: %s is ignored on CPU", s["deepspeed"])
-    # packing: flash-attn runs the varlen kernel on one flattened row; sdpa/eager get a
-    # per-sample causal mask that transformers derives from the restarting position ids
-    eff["packing"] = bool(s.get("packing"))
-    eff["group_by_length"] = bool(s.get("group_by_length"))
+    if want not in ("flash_attention_2", "auto"):
+        return want
+    if cuda and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    log.info("attn_implementation: %s -> using sdpa (flash_attention_2 needs flash_attn and CUDA)", want)
+    return "sdpa"
+
+
+def _log_machine(s: dict, eff: dict, cuda: bool) -> None:
+    """What the machine changes about the processes and the batches (logged, not settings)."""
     if eff["packing"]:
+        # flash-attn runs the varlen kernel on one flattened row; sdpa/eager get a
+        # per-sample causal mask that transformers derives from the restarting position ids
         how = ("flash-attn varlen (batch flattened into one row, no padding)"
                if eff["attn_implementation"] == "flash_attention_2"
                else f"{eff['attn_implementation']}: batch flattened into one row, no padding; per-sample "
@@ -200,29 +125,46 @@ def runtime_choices(s: dict, cuda: bool) -> dict[str, Any]:
         log.info("packing: on, %s", how)
         if eff["group_by_length"]:
             log.info("group_by_length: also on; packed rows are grouped by length")
-    if not cuda and int(s.get("num_gpus") or 0) > 0:
+    if not cuda and s["num_gpus"] > 0:
         log.info("num_gpus: %s requested, no GPU present -> CPU", s["num_gpus"])
     if cuda:
         import torch
 
-        n = torch.cuda.device_count()
-        if int(s.get("num_gpus") or 1) != n:
+        if s["num_gpus"] != torch.cuda.device_count():
             log.info("num_gpus: recipe says %s, this machine has %s (processes come from the accelerate config)",
-                     s.get("num_gpus"), n)
-    # scheduler
-    sched = s["lr_scheduler"]
-    if sched == "constant" and (s["warmup_steps"] or s["warmup_ratio"]):
-        sched = "constant_with_warmup"
-    eff["lr_scheduler"] = sched
-    eff["warmup"] = int(s["warmup_steps"]) if int(s["warmup_steps"] or 0) > 0 else float(s["warmup_ratio"] or 0.0)
+                     s["num_gpus"], torch.cuda.device_count())
+
+
+def runtime_choices(s: dict, cuda: bool) -> dict[str, Any]:
+    """Settings that depend on the machine (``s``: resolved settings); every downgrade is logged once."""
+    eff: dict[str, Any] = {"device": "cuda" if cuda else "cpu", "precision": s["precision"],
+                           "attn_implementation": _attention(s["attn_implementation"], cuda),
+                           "optimizer": s["optimizer"], "deepspeed": None,
+                           "packing": s["packing"], "group_by_length": s["group_by_length"]}
+    if not cuda and s["precision"] != "fp32":
+        log.info("precision: %s requested but running on CPU -> fp32 weights and math "
+                 "(QLoRA keeps its compute dtype)", s["precision"])
+        eff["precision"] = "fp32"
+    if s["optimizer"].startswith("paged_") and not cuda:
+        log.info("optimizer: %s needs CUDA (paged memory) -> adamw_torch on CPU", s["optimizer"])
+        eff["optimizer"] = "adamw_torch"
+    if s["deepspeed"] and cuda:
+        eff["deepspeed"] = str(CONFIG_ROOT / "deepspeed" / f"{s['deepspeed']}.json")
+    elif s["deepspeed"]:
+        log.info("deepspeed: %s is ignored on CPU", s["deepspeed"])
+    _log_machine(s, eff, cuda)
+    warmup = s["warmup_steps"] > 0 or s["warmup_ratio"] > 0
+    eff["lr_scheduler"] = "constant_with_warmup" if s["lr_scheduler"] == "constant" and warmup else s["lr_scheduler"]
+    eff["warmup"] = int(s["warmup_steps"]) if s["warmup_steps"] > 0 else float(s["warmup_ratio"])
     return eff
 
 
 # --------------------------------------------------------------------------- helpers
 def _torch_dtype(name: str):
+    """The torch dtype named ``name`` (train.quantization.compute_dtype: bfloat16, float16, float32)."""
     import torch
 
-    return getattr(torch, DTYPES[str(name)])
+    return getattr(torch, name)
 
 
 def apply_rope_scaling(config, rope_scaling: dict | None) -> dict:
@@ -510,19 +452,21 @@ def make_collator(tokenizer, packing: bool):
 
 def training_arguments(s: dict, eff: dict, cuda: bool, ckpt_dir: Path) -> TrainingArguments:
     """The Trainer's arguments (under accelerate launch this also sets up the process group)."""
-    save_steps = int(s["save_steps"] or 0)
     return TrainingArguments(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=int(s["per_device_batch_size"]),
         gradient_accumulation_steps=int(s["gradient_accumulation_steps"]),
         num_train_epochs=float(s["epochs"]),
-        max_steps=int(s["max_steps"]) if s["max_steps"] is not None else -1,
+        max_steps=int(s["max_steps"]),
         learning_rate=float(s["learning_rate"]),
         lr_scheduler_type=eff["lr_scheduler"],
         warmup_steps=eff["warmup"],
         weight_decay=float(s["weight_decay"]),
         max_grad_norm=float(s["max_grad_norm"]),
         optim=eff["optimizer"],
+        adam_beta1=float(s["adam_beta1"]),
+        adam_beta2=float(s["adam_beta2"]),
+        adam_epsilon=float(s["adam_epsilon"]),
         bf16=cuda and eff["precision"] == "bf16",
         fp16=cuda and eff["precision"] == "fp16",
         use_cpu=not cuda,
@@ -535,8 +479,8 @@ def training_arguments(s: dict, eff: dict, cuda: bool, ckpt_dir: Path) -> Traini
         logging_strategy="steps",
         logging_steps=1,
         logging_nan_inf_filter=False,
-        save_strategy="steps" if save_steps > 0 else "no",
-        save_steps=max(save_steps, 1),
+        save_strategy="steps",
+        save_steps=int(s["save_steps"]),
         save_total_limit=2,
         report_to=[],
         remove_unused_columns=False,
@@ -611,23 +555,34 @@ def _load_kwargs(s: dict, eff: dict, cuda: bool) -> dict[str, Any]:
         q = s["quantization"]
         kw: dict[str, Any] = {"quantization_config": BitsAndBytesConfig(
             load_in_4bit=True,
-            bnb_4bit_quant_type=q.get("quant_type", "nf4"),
-            bnb_4bit_use_double_quant=bool(q.get("double_quant", True)),
-            bnb_4bit_compute_dtype=_torch_dtype(q.get("compute_dtype", "bfloat16")),
+            bnb_4bit_quant_type=q["quant_type"],
+            bnb_4bit_use_double_quant=bool(q["double_quant"]),
+            bnb_4bit_compute_dtype=_torch_dtype(q["compute_dtype"]),
         )}
-        kw["dtype"] = torch.float32 if not cuda else _torch_dtype(q.get("compute_dtype", "bfloat16"))
+        kw["dtype"] = torch.float32 if not cuda else _torch_dtype(q["compute_dtype"])
         if eff["deepspeed"] is None:
             local_rank = int(os.environ.get("LOCAL_RANK", "0"))
             kw["device_map"] = {"": local_rank if cuda else "cpu"}
         return kw
     if s["method"] == "lora" and cuda and eff["precision"] in ("bf16", "fp16"):
-        return {"dtype": _torch_dtype(eff["precision"])}  # frozen base in half precision
+        return {"dtype": _torch_dtype(HALF_PRECISION[eff["precision"]])}  # frozen base in half precision
     return {"dtype": torch.float32}  # full FT keeps fp32 master weights (autocast on GPU)
+
+
+def lora_config(lc: dict):
+    """peft's ``LoraConfig`` for the resolved ``train.lora`` block."""
+    from peft import LoraConfig
+
+    targets = lc["target_modules"]
+    if isinstance(targets, (list, tuple)):
+        targets = sorted(set(targets))
+    return LoraConfig(r=int(lc["r"]), lora_alpha=int(lc["alpha"]), lora_dropout=float(lc["dropout"]),
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
 
 
 def _add_lora(model, s: dict):
     """Wrap ``model`` in a peft LoRA model (QLoRA: prepared for k-bit training first)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
     gc = bool(s["gradient_checkpointing"])
     if s["method"] == "qlora":
@@ -635,14 +590,7 @@ def _add_lora(model, s: dict):
             model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False})
     elif gc:
         model.enable_input_require_grads()
-    lc = s["lora"]
-    targets = lc.get("target_modules", "all-linear")
-    if isinstance(targets, (list, tuple)):
-        targets = sorted(set(targets))
-    return get_peft_model(model, LoraConfig(
-        r=int(lc["r"]), lora_alpha=int(lc["alpha"]), lora_dropout=float(lc["dropout"]),
-        target_modules=targets, bias="none", task_type="CAUSAL_LM",
-    ))
+    return get_peft_model(model, lora_config(s["lora"]))
 
 
 def build_model(base_dir: Path, s: dict, eff: dict, cuda: bool) -> tuple[Any, dict, dict]:
@@ -740,6 +688,63 @@ class MarkComplete(TrainerCallback):
             marker = self.ckpt_dir / f"checkpoint-{state.global_step}" / COMPLETE_MARKER
             atomic_write_json(marker, {"step": int(state.global_step), "fingerprint": self.fingerprint})
         _barrier()
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # what SLURM sends before a time limit / preemption
+EX_TEMPFAIL = 75  # exit status of an interrupted run: rerun it to resume
+
+
+class StopRequest:
+    """Signal handler that only records the signal; training acts on it at the next step end."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    def __call__(self, signum: int, frame) -> None:
+        self.signum = int(signum)
+
+    @contextlib.contextmanager
+    def installed(self):
+        """The handler of SIGTERM and SIGUSR1 while the block runs (the previous ones after it)."""
+        previous = {sig: signal.signal(sig, self) for sig in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after writing a complete checkpoint."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}: checkpoint-{step} is "
+                         "complete; rerunning the same command resumes from it")
+        self.signum, self.step = signum, step
+
+
+class StopAtStepEnd(TrainerCallback):
+    """At every optimizer-step end the processes agree (max all-reduce) whether any got a stop signal;
+    if so they save a checkpoint now (the completion marker follows as for any checkpoint) and stop."""
+
+    def __init__(self, request: StopRequest):
+        self.request = request
+        self.signum = 0
+        self.step: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        signum = self.request.signum
+        if args.world_size > 1:
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor(signum, device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag.item())
+        if signum:
+            self.signum, self.step = signum, int(state.global_step)
+            control.should_save = True
+            control.should_training_stop = True
 
 
 def fit(trainer: CountingTrainer, resume: Resume) -> None:
@@ -843,11 +848,14 @@ def write_outputs(out_dir: Path, model, base_dir: Path, template, base_id: str, 
 
 # --------------------------------------------------------------------------- main
 def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Path,
-        tensorboard_dir: Path | None = None, extra_callbacks: Sequence[TrainerCallback] = ()) -> dict:
+        tensorboard_dir: Path | None = None, extra_callbacks: Sequence[TrainerCallback] = (),
+        stop: StopRequest | None = None) -> dict:
     """Train one adapter; returns the summary (``{}`` on processes other than 0).
 
-    ``extra_callbacks`` go before the completion marker: their ``on_save`` runs after a
-    checkpoint's files are written and before it is marked complete (tests stop runs there).
+    ``stop``: the installed signal handler (:func:`main` installs one); when it has seen SIGTERM or
+    SIGUSR1, training checkpoints at the next step end and raises :class:`Interrupted`.
+    ``extra_callbacks`` go first: their ``on_save`` runs after a checkpoint's files are written
+    and before it is marked complete (tests stop runs there).
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     transformers.utils.logging.set_verbosity_warning()
@@ -855,7 +863,7 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
     if os.environ.get("PYTHONHASHSEED") != "0":
         log.info("PYTHONHASHSEED is not 0; outputs stay deterministic (target_modules are sorted) "
                  "but the pipeline runs with PYTHONHASHSEED=0")
-    s = resolve_train(spec.get("train"))
+    s = resolve_train(spec.get("train"), "--spec")
     template = templates.get(spec.get("template") or "raw")
     cuda = _cuda()
     eff = runtime_choices(s, cuda)
@@ -869,14 +877,17 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
     model, overrides, params = build_model(base_dir, s, eff, cuda)
     tb_dir = Path(tensorboard_dir) if tensorboard_dir else work_dir / "tensorboard"
     step_log = StepLog(resume, work_dir / PARTIAL_LOG, tb_dir if rank == 0 else None)
-    trainer = CountingTrainer(model=model, args=args, train_dataset=data.rows,
-                              data_collator=make_collator(tokenizer, eff["packing"]), step_log=step_log,
-                              callbacks=[*extra_callbacks, MarkComplete(work_dir / "checkpoints", resume.fingerprint)])
+    stopper = StopAtStepEnd(stop or StopRequest())
+    callbacks = [*extra_callbacks, stopper, MarkComplete(work_dir / "checkpoints", resume.fingerprint)]
+    trainer = CountingTrainer(model=model, args=args, train_dataset=data.rows, callbacks=callbacks,
+                              data_collator=make_collator(tokenizer, eff["packing"]), step_log=step_log)
     probe = {"rows": len(data.probe), "before": probe_loss(trainer, data.probe)}
     started = time.monotonic()
     fit(trainer, resume)
     write_runinfo(work_dir / RUNINFO, time.monotonic() - started, step_log.rows, resume.step, rank)
     step_log.close()
+    if stopper.step is not None:
+        raise Interrupted(stopper.signum, stopper.step)
     final_loss(step_log.rows)
     probe["after"] = probe_loss(trainer, data.probe)
     log.info("loss on the assistant tokens of %d training rows: %.4f before training, %.4f after",
@@ -906,7 +917,14 @@ def _load_spec(value: str) -> dict:
     return spec
 
 
-def main(argv: list[str] | None = None, extra_callbacks: Sequence[TrainerCallback] = ()) -> int:
+def main(argv: list[str] | None = None, extra_callbacks: Sequence[TrainerCallback] = (),
+         stop: StopRequest | None = None) -> int:
+    """The command line; ``stop`` (default: a new one) handles SIGTERM/SIGUSR1 while it runs."""
+    with (stop or StopRequest()).installed() as installed:
+        return _main(argv, extra_callbacks, installed)
+
+
+def _main(argv: list[str] | None, extra_callbacks: Sequence[TrainerCallback], stop: StopRequest) -> int:
     parser = argparse.ArgumentParser(prog="reprotune.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", required=True, help="JSON object or path of a JSON file")
     parser.add_argument("--data", required=True, type=Path, help="directory with train.jsonl")
@@ -921,7 +939,11 @@ def main(argv: list[str] | None = None, extra_callbacks: Sequence[TrainerCallbac
 
     log_runtime(f"train (rank {os.environ.get('RANK', '0')})")
     try:
-        run(_load_spec(ns.spec), ns.data, ns.base, ns.out, ns.work, ns.tensorboard, extra_callbacks)
+        run(_load_spec(ns.spec), ns.data, ns.base, ns.out, ns.work, ns.tensorboard, extra_callbacks, stop)
+    except Interrupted as e:
+        if os.environ.get("RANK", "0") == "0":
+            log.warning("%s", e)
+        return EX_TEMPFAIL
     except Exception as e:  # user-facing errors of any reprotune stage: one line, exit 2
         if type(e).__module__.startswith("reprotune") and type(e).__name__.endswith("Error"):
             log.error("%s", e)
