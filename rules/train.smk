@@ -1,5 +1,8 @@
 # Training: one job per adapter, under `accelerate launch` (CPU, one GPU, DDP or DeepSpeed).
 # Checkpoints (work dir) survive a failed job, so a rerun resumes; TensorBoard events go to logs/.
+# The shell execs `reprotune.launch`, which forwards SIGTERM/SIGUSR1 (SLURM's warning before a
+# time limit or preemption) to the training processes: they checkpoint and exit 75, and the
+# retried job resumes (profiles/slurm).
 
 
 rule train:
@@ -26,6 +29,6 @@ rule train:
         "logs/{recipe}/train/{adapter}.log",
     shell:
         "{params.offline}"
-        "accelerate launch {params.launch} -m reprotune.train --spec {params.spec:q} "
+        "exec python -m reprotune.launch -- accelerate launch {params.launch} -m reprotune.train --spec {params.spec:q} "
         "--data {input.data} --base {input.base} --out {output} --work {params.work} "
         "--tensorboard {params.tensorboard} > {log} 2>&1"

@@ -475,8 +475,9 @@ def code_inputs(stage: str, recipe: dict | None = None, name: str | None = None)
         return _files("misconception.py")
     if stage == "train":
         tpl = recipe["adapters"][name]["template"]
-        return _files("train.py", "tokenize.py", "templates/__init__.py", "templates/base.py",
-                      f"templates/{tpl}.py", "templates/raw.py", "base_tokenizer.py", "slow_tokenizer.py")
+        return _files("train.py", "launch.py", "recipe.py", "tokenize.py", "templates/__init__.py", "templates/base.py",
+                      f"templates/{tpl}.py", "templates/raw.py", "base_tokenizer.py", "slow_tokenizer.py") + \
+            [str(REPO / "schemas" / "recipe.schema.yaml")]  # the train settings' defaults live in the schema
     if stage == "merge":
         return _files("merge.py")
     if stage == "evaluate":

@@ -514,6 +514,35 @@ def compare_tokenizers(records: Iterable[dict], template: Template, fast, slow, 
 
 
 # --------------------------------------------------------------------------- packing
+def pack_plan(lengths, capacity: int) -> list[list[int]]:
+    """Which samples go into which packed row: best-fit decreasing over ``lengths`` (see :func:`pack`)."""
+    if capacity < 1:
+        raise ValueError("capacity must be >= 1")
+    lengths = [int(n) for n in lengths]
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # sorted (remaining capacity, bin index)
+    for i in order:
+        n = lengths[i]
+        if n > capacity:
+            raise ValueError(f"row {i} has {n} tokens, more than the packing capacity {capacity}")
+        j = bisect.bisect_left(free, (n, -1))
+        if j < len(free):
+            rem, b = free.pop(j)
+        else:
+            rem, b = capacity, len(bins)
+            bins.append([])
+        bins[b].append(i)
+        if rem - n > 0:
+            bisect.insort(free, (rem - n, b))
+    return bins
+
+
+def pack_stats(samples: int, rows: int, tokens: int, capacity: int) -> dict[str, Any]:
+    return {"samples": samples, "rows": rows, "tokens": tokens,
+            "fill": round(tokens / (rows * capacity), 6) if rows else 0.0}
+
+
 def pack(rows: list[dict], capacity: int) -> tuple[list[dict], dict[str, Any]]:
     """Pack encoded rows into rows of at most ``capacity`` tokens (best-fit decreasing).
 
@@ -531,24 +560,7 @@ def pack(rows: list[dict], capacity: int) -> tuple[list[dict], dict[str, Any]]:
     order they were opened.  Returns ``(packed_rows, stats)`` with ``stats``:
     ``samples``, ``rows``, ``tokens``, ``fill`` (tokens / (rows * capacity)).
     """
-    if capacity < 1:
-        raise ValueError("capacity must be >= 1")
-    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i]["input_ids"]), i))
-    bins: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # sorted (remaining capacity, bin index)
-    for i in order:
-        n = len(rows[i]["input_ids"])
-        if n > capacity:
-            raise ValueError(f"row {i} has {n} tokens, more than the packing capacity {capacity}")
-        j = bisect.bisect_left(free, (n, -1))
-        if j < len(free):
-            rem, b = free.pop(j)
-        else:
-            rem, b = capacity, len(bins)
-            bins.append([])
-        bins[b].append(i)
-        if rem - n > 0:
-            bisect.insort(free, (rem - n, b))
+    bins = pack_plan([len(r["input_ids"]) for r in rows], capacity)
     packed: list[dict] = []
     tokens = 0
     for members in bins:
@@ -566,10 +578,4 @@ def pack(rows: list[dict], capacity: int) -> tuple[list[dict], dict[str, Any]]:
             lens.append(n)
         tokens += len(ids)
         packed.append({"input_ids": ids, "labels": labels, "position_ids": pos, "seq_lens": lens})
-    stats = {
-        "samples": len(rows),
-        "rows": len(packed),
-        "tokens": tokens,
-        "fill": round(tokens / (len(packed) * capacity), 6) if packed else 0.0,
-    }
-    return packed, stats
+    return packed, pack_stats(len(rows), len(packed), tokens, capacity)
