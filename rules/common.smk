@@ -66,6 +66,9 @@ MIRROR = {rid: plan.repo_path(r["hub_mirror"]) for rid, r in RECIPES.items()}
 # Fixed thread count per job: CPU results (and therefore artifact bytes) must not
 # depend on how many cores a run was given.
 THREADS = 1
+# The tokenize stage's output does not depend on its process count (tests/test_dataset.py), so it
+# may use several cores (Snakemake lowers it to --cores where that is less).
+TOKENIZE_THREADS = 8
 ENV = (
     f"export PYTHONPATH={SRC} REPROTUNE_RUNTIME_LOG=1 "
     "PYTHONHASHSEED=0 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false "
@@ -222,6 +225,15 @@ def eval_data_spec(wildcards):
 
 def eval_data_pins(wildcards):
     return plan.dumps(plan.repo_pins(R(wildcards), _eval_repo(wildcards)))
+
+
+# tokenize.smk
+def tokenize_code(wildcards):
+    return plan.code_inputs("tokenize", R(wildcards), wildcards.adapter)
+
+
+def tokenize_spec(wildcards):
+    return plan.dumps(plan.tokenize_spec(R(wildcards), wildcards.adapter))
 
 
 # train.smk

@@ -7,7 +7,7 @@
 
 rule train:
     input:
-        data="results/{recipe}/data/{adapter}",
+        data="results/{recipe}/tokens/{adapter}",
         base=base_model_dir,
         code=train_code,
     output:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from _tokens import tokens_for
 import yaml
 
 from reprotune import plan, tinybase
@@ -43,7 +44,8 @@ def _ddp_cmd(tmp_path: Path, **train) -> list[str]:
     # NOT `--cpu --num_processes 2`: accelerate then silently starts one process
     return [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
-            "-m", "reprotune.train", "--spec", json.dumps(spec), "--data", str(data), "--base", str(tmp_path / "base"),
+            "-m", "reprotune.train", "--spec", json.dumps(spec), "--data", str(tokens_for(data, tmp_path / "base", spec)),
+            "--base", str(tmp_path / "base"),
             "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
 
 

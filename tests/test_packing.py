@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _tokens import tokens_for
 import torch
 
 from reprotune.tokenize import IGNORE_INDEX, pack
@@ -197,7 +198,8 @@ def test_training_with_packing_runs(tmp_path):
             "train": {"method": "lora", "lora": {"r": 2, "alpha": 4}, "max_steps": 3, "max_length": 128,
                       "per_device_batch_size": 2, "learning_rate": 1e-3, "save_steps": 2, "seed": 1,
                       "packing": True, "group_by_length": True}}
-    cmd = [sys.executable, "-m", "reprotune.train", "--spec", json.dumps(spec), "--data", str(data),
+    cmd = [sys.executable, "-m", "reprotune.train", "--spec", json.dumps(spec),
+           "--data", str(tokens_for(data, tmp_path / "base", spec)),
            "--base", str(tmp_path / "base"), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONHASHSEED="0"))

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _tokens import tokens_for
 
 from reprotune import tinybase
 from reprotune.io import sha256_file
@@ -34,7 +35,8 @@ def _cmd(env_dir: Path, name: str, *hooks: str) -> list[str]:
     entry = [str(ROOT / "tests" / "_train_hooks.py"), *hooks] if hooks else ["-m", "reprotune.train"]
     return [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "configs/accelerate/cpu.yaml"),
             "--num_cpu_threads_per_process", "1", *entry, "--spec", json.dumps(SPEC),
-            "--data", str(env_dir / "data"), "--base", str(env_dir / "base"), "--out", str(env_dir / name),
+            "--data", str(tokens_for(env_dir / "data", env_dir / "base", SPEC)), "--base", str(env_dir / "base"),
+            "--out", str(env_dir / name),
             "--work", str(env_dir / f"work-{name}")]
 
 

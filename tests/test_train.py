@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _tokens import tokens_for
 
 from reprotune import tinybase
 from reprotune.io import sha256_file
@@ -52,7 +53,7 @@ def _run(env, spec, name, accelerate=False, hooks=()):
     cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "configs/accelerate/cpu.yaml"),
            "--num_cpu_threads_per_process", "2"] if accelerate else [sys.executable]
     cmd += [str(ROOT / "tests" / "_train_hooks.py"), *hooks] if hooks else ["-m", "reprotune.train"]
-    cmd += ["--spec", json.dumps(spec), "--data", str(env / "data"),
+    cmd += ["--spec", json.dumps(spec), "--data", str(tokens_for(env / "data", env / "base", spec)),
             "--base", str(env / "base"), "--out", str(env / name), "--work", str(env / f"work-{name}")]
     e = dict(os.environ, PYTHONHASHSEED="0", TOKENIZERS_PARALLELISM="false")
     return subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True, timeout=300)
@@ -191,8 +192,8 @@ def test_bad_spec_is_a_one_line_error(env, tmp_path, caplog, change, expected):
 
     spec = json.loads(json.dumps(SPEC))
     spec["train"].update(change)
-    rc = train.main(["--spec", json.dumps(spec), "--data", str(env / "data"), "--base", str(env / "base"),
-                     "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")])
+    rc = train.main(["--spec", json.dumps(spec), "--data", str(tokens_for(env / "data", env / "base", SPEC)),
+                     "--base", str(env / "base"), "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")])
     assert rc == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and errors[0].startswith(expected) and "\n" not in errors[0], errors
@@ -315,7 +316,8 @@ def _given(s: dict, env, tmp_path) -> dict:
     return {"effective": (cpu, gpu), "args": args, "load": repr(_load_kwargs(s, gpu, cuda=True)),
             "lora": lora_config(s["lora"]).to_dict() if "lora" in s else None,
             "rope": apply_rope_scaling(AutoConfig.from_pretrained(env / "base"), s["rope_scaling"]),
-            "rows": load_rows(env / "data", templates.get("oasst"), tok, s["max_length"], cpu["packing"]),
+            "rows": load_rows(tokens_for(env / "data", env / "base", {"template": "oasst", "train": s}),
+                              {"template": "oasst", "train": s}).rows[:],
             "launch": plan.accelerate_args({"adapters": {"a": {"train": s}}}, "a", None)}
 
 

@@ -79,6 +79,14 @@ def cmd_mix(a) -> int:
     return 0
 
 
+def cmd_tokenize(a) -> int:
+    from . import dataset
+
+    stats = dataset.build(_spec(a.spec), Path(a.data), Path(a.base), Path(a.out), threads=a.threads)
+    log.info("tokenized: %s train rows kept of %s", stats["train"]["kept"], stats["train"]["records"])
+    return 0
+
+
 def cmd_misconceptions(a) -> int:
     from . import misconception
 
@@ -192,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--tokenizer", help="tokenizer dir (the base model) for token-length stats in data_report.json")
     s.set_defaults(fn=cmd_mix)
+
+    s = sub.add_parser("tokenize", help="encode an adapter's mixed rows once into a memory-mapped Arrow dataset")
+    s.add_argument("--spec", required=True, help="JSON: {template, max_length, packing, tokenizer}")
+    s.add_argument("--data", required=True, help="the mix stage's directory (train.jsonl, val.jsonl)")
+    s.add_argument("--base", required=True, help="the base model directory (its tokenizer)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1, help="worker processes (the output does not depend on it)")
+    s.set_defaults(fn=cmd_tokenize)
 
     s = sub.add_parser("generate-misconceptions",
                        help="generate airoboros-style misconception pairs from an OpenAI-compatible endpoint")

@@ -65,6 +65,10 @@ def data_dir(rid: str, adapter: str) -> str:
     return f"results/{rid}/data/{adapter}"
 
 
+def tokens_dir(rid: str, adapter: str) -> str:
+    return f"results/{rid}/tokens/{adapter}"
+
+
 def adapter_dir(rid: str, adapter: str) -> str:
     return f"results/{rid}/adapters/{adapter}"
 
@@ -216,6 +220,12 @@ def train_spec(recipe: dict, adapter: str) -> dict:
             "tokenizer": {"use_fast": use_fast_tokenizer(recipe)}}
 
 
+def tokenize_spec(recipe: dict, adapter: str) -> dict:
+    from .dataset import spec_for
+
+    return spec_for(train_spec(recipe, adapter))
+
+
 def merge_spec(recipe: dict) -> dict:
     m = copy.deepcopy(recipe["merge"])
     if m["method"] == "combine":
@@ -345,6 +355,8 @@ def resources_for(stage: str, recipe: dict, adapter: str | None = None) -> dict:
         return {"gpu": 0 if tiny else n, "mem_mb": 4000 if tiny else 400_000, "runtime": 30 if tiny else 4320}
     if stage in ("merge", "evaluate"):
         return {"gpu": 0 if tiny else 1, "mem_mb": 4000 if tiny else 300_000, "runtime": 30 if tiny else 1440}
+    if stage == "tokenize":  # a CPU job with its own threads; workers hold one 4 MB chunk's rows each
+        return {"gpu": 0, "mem_mb": 2000 if tiny else 64_000, "runtime": 20 if tiny else 600}
     return {"gpu": 0, "mem_mb": 2000 if tiny else 32_000, "runtime": 20 if tiny else 600}
 
 
@@ -473,9 +485,14 @@ def code_inputs(stage: str, recipe: dict | None = None, name: str | None = None)
                       "templates/__init__.py", "templates/base.py", *tpl)
     if stage == "misconception":
         return _files("misconception.py")
+    if stage == "tokenize":
+        tpl = recipe["adapters"][name]["template"]
+        return _files("dataset.py", "tokenize.py", "recipe.py", "templates/__init__.py", "templates/base.py",
+                      f"templates/{tpl}.py", "templates/raw.py", "base_tokenizer.py", "slow_tokenizer.py") + \
+            [str(REPO / "schemas" / "recipe.schema.yaml")]
     if stage == "train":
         tpl = recipe["adapters"][name]["template"]
-        return _files("train.py", "launch.py", "recipe.py", "tokenize.py", "templates/__init__.py", "templates/base.py",
+        return _files("train.py", "launch.py", "recipe.py", "dataset.py", "templates/__init__.py", "templates/base.py",
                       f"templates/{tpl}.py", "templates/raw.py", "base_tokenizer.py", "slow_tokenizer.py") + \
             [str(REPO / "schemas" / "recipe.schema.yaml")]  # the train settings' defaults live in the schema
     if stage == "merge":

@@ -271,7 +271,8 @@ def stage_code_files(recipe: dict | None) -> list[str]:
         for src in recipe["sources"]:
             files.update(plan.code_inputs("clean", recipe, src))
         for ad in recipe["adapters"]:
-            files.update(plan.code_inputs("train", recipe, ad) + plan.code_inputs("mix", recipe, ad))
+            files.update(plan.code_inputs("train", recipe, ad) + plan.code_inputs("mix", recipe, ad)
+                         + plan.code_inputs("tokenize", recipe, ad))
         fixtures = REPO_DIR / "fixtures"
         return sorted(f for f in files if not Path(f).is_relative_to(fixtures))
     return sorted(str(p) for p in PACKAGE_DIR.rglob("*")

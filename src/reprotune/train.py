@@ -4,11 +4,12 @@ Run under accelerate::
 
     accelerate launch --config_file configs/accelerate/cpu.yaml -m reprotune.train \\
         --spec '{"recipe": ..., "adapter": ..., "template": ..., "train": {...}}' \\
-        --data DATA_DIR --base BASE_DIR --out OUT_DIR --work WORK_DIR
+        --data TOKENS_DIR --base BASE_DIR --out OUT_DIR --work WORK_DIR
 
-``--spec`` is a JSON object or the path of a JSON file.  ``DATA_DIR/train.jsonl``
-holds normalized records; they are encoded with ``reprotune.tokenize.encode``
-(assistant-only labels), padded with eos (labels ``-100`` on padding).
+``--spec`` is a JSON object or the path of a JSON file.  ``TOKENS_DIR`` is what the tokenize
+stage wrote (``reprotune.dataset``: the rows encoded once, assistant-only labels, truncated
+and, with packing, packed, as memory-mapped Arrow); training reads it and never tokenizes.
+Rows are padded with the pad token, else eos (labels ``-100`` on padding).
 
 Batching: one sample per row, padded to the longest row of the batch (default);
 ``group_by_length: true`` batches samples of similar length together (transformers'
@@ -79,7 +80,7 @@ from transformers.trainer_utils import enable_full_determinism
 
 from reprotune import templates
 from reprotune.io import (atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text, canonical_json,
-                          jsonl_line, read_jsonl)
+                          jsonl_line)
 from reprotune.recipe import resolve_train
 
 log = logging.getLogger("reprotune.train")
@@ -276,7 +277,7 @@ class Collator:
         for r in rows:
             pad = width - len(r["input_ids"])
             ids.append(list(r["input_ids"]) + [self.pad_id] * pad)
-            mask.append(list(r["attention_mask"]) + [0] * pad)
+            mask.append([1] * len(r["input_ids"]) + [0] * pad)
             labels.append(list(r["labels"]) + [-100] * pad)
         return {
             "input_ids": torch.tensor(ids, dtype=torch.long),
@@ -392,7 +393,7 @@ class TrainData(NamedTuple):
     rows: Any                   # a sequence of rows: input_ids, labels (+ attention_mask or position_ids)
     stats: dict                 # encode counts (records, kept, dropped_no_trainable, trainable_tokens, ...)
     packing: dict | None        # pack counts, None without packing
-    probe: Any = ()             # the first PROBE_ROWS encoded (unpacked) rows: the loss before/after
+    probe: Any = ()             # the first encoded (unpacked) rows: their loss before/after training
 
 
 def load_tokenizer(base_dir: Path, use_fast: bool = True):
@@ -406,27 +407,21 @@ def load_tokenizer(base_dir: Path, use_fast: bool = True):
     return tokenizer
 
 
-def load_rows(data_dir: Path, template, tokenizer, max_length: int, packing: bool) -> TrainData:
-    """``DATA_DIR/train.jsonl`` encoded (assistant-only labels) and, with ``packing``, packed."""
-    from reprotune.tokenize import encode_dataset, pack
+def load_rows(tokens_dir: Path, spec: dict) -> TrainData:
+    """The adapter's rows as the tokenize stage wrote them (``reprotune.dataset``): memory-mapped
+    Arrow, encoded once for every process (no tokenization here); they must have been built
+    with this run's template, max_length, packing and tokenizer."""
+    from reprotune import dataset
 
-    train_file = data_dir / "train.jsonl"
-    if not train_file.is_file():
-        raise TrainError(f"missing training data: {train_file}")
-    rows, stats = encode_dataset(read_jsonl(train_file), template, tokenizer, max_length)
-    log.info("data: %s", json.dumps(stats, sort_keys=True))
-    if not rows:
-        raise TrainError(f"no trainable rows in {train_file} (stats: {stats})")
-    probe = rows[:PROBE_ROWS]
-    if not packing:
-        return TrainData(rows, stats, None, probe)
-    packed, packing_stats = pack(rows, max_length)
-    log.info("packing: %d samples into %d rows of <= %d tokens (fill %.4f)", packing_stats["samples"],
-             packing_stats["rows"], max_length, packing_stats["fill"])
-    return TrainData(packed, stats, packing_stats, probe)
-
-
-PROBE_ROWS = 64  # training rows whose assistant-token loss train_summary reports before and after training
+    tokens = dataset.load(tokens_dir)
+    want = {k: v for k, v in dataset.spec_for(spec).items() if k not in ("recipe", "adapter")}
+    have = {k: tokens.spec.get(k) for k in want}
+    if have != want:
+        diff = ", ".join(f"{k}: {have[k]!r} there, {want[k]!r} here" for k in sorted(want) if have[k] != want[k])
+        raise TrainError(f"{tokens_dir} was tokenized with other settings ({diff}); rerun the tokenize stage")
+    log.info("data: %d rows memory-mapped from %s (%s)", len(tokens.rows), tokens_dir,
+             json.dumps(tokens.stats, sort_keys=True))
+    return TrainData(tokens.rows, tokens.stats, tokens.packing, tokens.probe)
 
 
 def probe_loss(trainer: "CountingTrainer", rows) -> float:
@@ -869,7 +864,7 @@ def run(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, work_dir: Pat
     eff = runtime_choices(s, cuda)
 
     tokenizer = load_tokenizer(base_dir, bool((spec.get("tokenizer") or {}).get("use_fast", True)))
-    data = load_rows(data_dir, template, tokenizer, int(s["max_length"]), eff["packing"])
+    data = load_rows(data_dir, spec)
     args = training_arguments(s, eff, cuda, work_dir / "checkpoints")
     rank = int(args.process_index)
     log.info("world size %d (this is process %d)", int(args.world_size), rank)
