@@ -653,7 +653,8 @@ class CountingTrainer(Trainer):
         self.tokens_since_log = 0
 
     def compute_loss(self, model, inputs, *args, **kwargs):
-        self.tokens_since_log += int((inputs["labels"][:, 1:] != -100).sum())
+        if model.training:  # the probe's evaluation passes are not training tokens
+            self.tokens_since_log += int((inputs["labels"][:, 1:] != -100).sum())
         return super().compute_loss(model, inputs, *args, **kwargs)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
