@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 CORES  ?= all
 
-.PHONY: demo test venv slurm clean-results verify locks images
+.PHONY: demo test venv slurm bench-deps clean-results verify locks images
 venv: $(VENV)/.installed
 
 # The same hash-locked set as the CPU image (docker/Dockerfile.cpu): host and image run the
@@ -34,6 +34,13 @@ $(SLURM_PLUGINS)/.installed: envs/slurm.lock $(VENV)/.installed
 	PYTHONPATH=$(SLURM_PLUGINS) $(PY) -m pip check
 	@touch $@
 
+# Bench-only extras (TRL) into .venv: --no-deps, so they can never pull or replace torch.
+bench-deps: $(VENV)/.bench-installed
+$(VENV)/.bench-installed: envs/bench.lock $(VENV)/.installed
+	$(PY) -m pip install -q --require-hashes --no-deps -r envs/bench.lock
+	$(PY) -m pip check
+	@touch $@
+
 # Re-resolve envs/*.in into hash-locked envs/*.lock (needs PyPI). Versions already in a lock
 # are kept unless the spec asks otherwise; `make locks UPGRADE=--upgrade` moves everything.
 TOOLS := .venv-tools
@@ -50,6 +57,7 @@ locks: $(TOOLS)/bin/uv
 	$(UV_COMPILE) envs/cuda.in -o envs/cuda.lock
 	$(UV_COMPILE) --no-deps envs/cuda-build.in -o envs/cuda-build.lock
 	$(UV_COMPILE) --no-deps envs/slurm.in -o envs/slurm.lock
+	$(UV_COMPILE) --no-deps envs/bench.in -o envs/bench.lock
 
 # Build the images of docker/, tag them by content, push them to REGISTRY and write their
 # digests into docker/images.lock (IMAGES=cpu or cuda for one; IMAGE_ARGS for build args,
