@@ -19,10 +19,23 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 DIGESTS = {"cpu": "sha256:" + "1" * 64, "cuda": "sha256:" + "2" * 64}
 
 
+SLURM_PLUGINS = ROOT / ".venv-slurm"
+needs_slurm_plugins = pytest.mark.skipif(
+    not (SLURM_PLUGINS / "snakemake_executor_plugin_slurm").is_dir(),
+    reason="the SLURM executor plugins are not installed: make slurm (make test does)")
+
+
 def _env():
     e = dict(os.environ)
     e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}"
     return e
+
+
+def snakemake_slurm(*args, **kw) -> subprocess.CompletedProcess:
+    """bin/snakemake-slurm (the SLURM entry point) with this interpreter's snakemake."""
+    env = dict(_env(), REPROTUNE_PYTHON=sys.executable)
+    return subprocess.run([str(ROOT / "bin/snakemake-slurm"), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, **kw)
 
 
 def _built_lock(tmp_path: Path) -> Path:
@@ -128,11 +141,11 @@ def test_use_singularity_without_digests_stops_with_one_line(tmp_path):
     assert "Traceback" not in r.stdout + r.stderr
 
 
+@needs_slurm_plugins
 def test_full_scale_plan_with_slurm_profile_asks_gpus_only_where_needed(tmp_path):
     """The plan a cluster user reviews: every job of all five recipes with its resources."""
-    r = subprocess.run([SNAKEMAKE, "-n", "--profile", "profiles/slurm", "--configfile", str(ROOT / "config.yaml"), "--config", "overlay=null",
-                        "--directory", str(tmp_path)],
-                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    r = snakemake_slurm("-n", "--profile", "profiles/slurm", "--configfile", str(ROOT / "config.yaml"),
+                        "--config", "overlay=null", "--directory", str(tmp_path), timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     jobs = []
     for block in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?rule )", r.stdout + r.stderr):
@@ -159,6 +172,42 @@ def test_full_scale_plan_with_slurm_profile_asks_gpus_only_where_needed(tmp_path
         assert all(int(res["gpu"]) == 1 for wc, res in by_rule[rule])
     assert {wc["recipe"] for wc, _ in by_rule["train"]} == {
         "dolphin-orca-platypus-70b", "fashiongpt-v1.1", "llama2-13b-orca-8k", "tulu-v2-qlora-70b", "orca-mini-13b"}
+    # every job asks for the warning signal before its time limit (profiles/slurm: preemption)
+    assert {res.get("slurm_extra") for _, _, res in jobs} == {"--signal=TERM@300"}
+
+
+def test_slurm_entry_point_without_plugins_is_one_line(tmp_path):
+    r = subprocess.run([str(ROOT / "bin/snakemake-slurm"), "-n", "--profile", "profiles/slurm"], cwd=ROOT,
+                       env=dict(_env(), REPROTUNE_SLURM_PLUGINS=str(tmp_path)), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [f"reprotune: error: the SLURM executor plugins are not installed in {tmp_path}; "
+                                     "install them with: make slurm"]
+
+
+@needs_slurm_plugins
+def test_slurm_profile_retries_and_its_signal_passes_the_plugins_validation(monkeypatch):
+    """The plugin refuses slurm_extra options it manages itself (validation.py); --signal is not one."""
+    import ast
+
+    import yaml
+
+    monkeypatch.syspath_prepend(str(SLURM_PLUGINS))
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+    from snakemake_interface_common.exceptions import WorkflowError
+
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    assert profile["executor"] == "slurm" and profile["retries"] >= 2
+    # a Python string literal (the plan test above sees Snakemake evaluate it to the same)
+    extra = ast.literal_eval(profile["default-resources"]["slurm_extra"])
+    assert extra == "--signal=TERM@300"
+
+    def job(value):
+        return SimpleNamespace(resources=SimpleNamespace(slurm_extra=value))
+
+    validate_slurm_extra(job(extra))
+    with pytest.raises(WorkflowError, match="runtime/time limit"):
+        validate_slurm_extra(job(extra + " --time=10"))
 
 
 def test_provenance_spec_records_the_image_of_every_stage_only_under_containers(tmp_path):

@@ -10,6 +10,7 @@ import os
 import io
 import subprocess
 import sys
+import time
 import tokenize
 from pathlib import Path
 
@@ -123,3 +124,48 @@ def test_rules_use_named_functions_not_lambdas():
     assert len(files) >= 9
     found = {str(f.relative_to(REPO)): lambdas_in(f.read_text()) for f in files}
     assert not any(found.values()), {f: lines for f, lines in found.items() if lines}
+
+
+SLURM_TOOLS = ("sinfo", "sacct", "squeue", "scontrol", "sbatch", "srun")
+
+
+def fake_slurm_tools(tmp_path: Path) -> tuple[Path, Path]:
+    """A directory of fake SLURM commands that log their argv and hang (as a client whose
+    controller does not answer would), and the log they append to."""
+    bin_dir, calls = tmp_path / "fake-slurm", tmp_path / "slurm-calls.log"
+    bin_dir.mkdir()
+    for tool in SLURM_TOOLS:
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\nsleep "${{FAKE_SLURM_SLEEP:-10}}"\n')
+        (bin_dir / tool).chmod(0o755)
+    return bin_dir, calls
+
+
+def test_dry_run_never_calls_slurm(tmp_path):
+    """The SLURM executor plugin (which runs sinfo/sacct/squeue/scontrol when imported) is off
+    the default path: a plain `snakemake -n` on the default config calls no SLURM command."""
+    bin_dir, calls = fake_slurm_tools(tmp_path)
+    env = dict(_env(), PATH=f"{bin_dir}{os.pathsep}{_env()['PATH']}")
+    work = tmp_path / "work"
+    work.mkdir()
+    t0 = time.monotonic()
+    r = subprocess.run([SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "--cores", "1",
+                        "--configfile", str(REPO / "config.yaml"), "-n"], capture_output=True, text=True, env=env,
+                       timeout=600)
+    print(f"snakemake -n (default config, fake hanging SLURM tools on PATH): {time.monotonic() - t0:.1f} s wall")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "tiny_base" in r.stdout  # it did plan the build
+    assert not calls.exists(), calls.read_text()
+
+
+def test_fake_slurm_tools_record_the_plugins_calls(tmp_path):
+    """Control for the test above: where the plugin is importable (bin/snakemake-slurm), the
+    fakes are found and record its calls."""
+    if not (REPO / ".venv-slurm" / "snakemake_executor_plugin_slurm").is_dir():
+        pytest.skip("the SLURM executor plugins are not installed: make slurm (make test does)")
+    bin_dir, calls = fake_slurm_tools(tmp_path)
+    env = dict(_env(), PATH=f"{bin_dir}{os.pathsep}{_env()['PATH']}", FAKE_SLURM_SLEEP="0",
+               REPROTUNE_PYTHON=sys.executable)
+    r = subprocess.run([str(REPO / "bin/snakemake-slurm"), "--version"], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {line.split()[0] for line in calls.read_text().splitlines()} & {"sinfo", "sacct", "squeue", "scontrol"}

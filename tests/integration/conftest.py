@@ -53,6 +53,18 @@ def ci_host():
         subprocess.run(["bash", str(HERE / "teardown.sh")], env=env, timeout=120)
 
 
+@pytest.fixture(scope="session")
+def slurm_plugins():
+    """The SLURM executor plugins, kept out of the venv (envs/slurm.in): `make slurm` (which
+    `make test` runs) installs them into .venv-slurm/."""
+    plugins = Path(os.environ.get("REPROTUNE_SLURM_PLUGINS", REPO / ".venv-slurm"))
+    assert (plugins / "snakemake_executor_plugin_slurm").is_dir(), f"no SLURM plugins in {plugins}: run make slurm"
+    # off the venv itself, so that the test shows the jobs find them through the entry point
+    assert subprocess.run([sys.executable, "-c", "import snakemake_executor_plugin_slurm"], env=env(),
+                          capture_output=True).returncode != 0, "the SLURM plugin is installed in the venv itself"
+    return plugins
+
+
 def tree_copy(dst: Path) -> Path:
     """The working tree as git sees it (tracked + untracked, not ignored): what a clone has."""
     files = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO,

@@ -8,14 +8,17 @@ from pathlib import Path
 
 from reprotune.verify import tree_hashes
 
-from .conftest import HERE, RECIPE, env, run, tree_copy
+from .conftest import HERE, RECIPE, REPO, env, run, tree_copy
 
 
-def test_tiny_build_through_slurm_equals_the_local_build(ci_host, host_results, tmp_path):
+def test_tiny_build_through_slurm_equals_the_local_build(ci_host, slurm_plugins, host_results, tmp_path):
     tree = tree_copy(tmp_path / "tree")
     profile = HERE / "profiles" / "slurm-ci"
-    r = run([str(Path(sys.executable).parent / "snakemake"), "--profile", str(profile),
-             "--config", f"recipes=[{RECIPE}]"], cwd=tree, env=env(), timeout=2400)
+    # the SLURM entry point: the plugins are on the import path of this snakemake and, through
+    # the job environment (sbatch --export=ALL), of the jobstep snakemake inside each job
+    r = run([str(REPO / "bin" / "snakemake-slurm"), "--profile", str(profile), "--config", f"recipes=[{RECIPE}]"],
+            cwd=tree, env=dict(env(), REPROTUNE_PYTHON=sys.executable, REPROTUNE_SLURM_PLUGINS=str(slurm_plugins)),
+            timeout=2400)
     out = r.stdout + r.stderr
     submitted = re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", out)
     # every job but the target `all` (a local rule) went through sbatch
