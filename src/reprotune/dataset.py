@@ -145,14 +145,14 @@ def _add(total: dict, part: dict) -> dict:
     return {k: total.get(k, 0) + v for k, v in part.items()}
 
 
-def _encode_file(path: Path, spec: dict, base_dir: Path, tmp: Path, threads: int):
+def _encode_file(path: Path, spec: dict, base_dir: Path, tmp: Path, threads: int, chunk_bytes: int):
     """Encode one jsonl file in chunks; the joined (memory-mapped) dataset and the counts."""
     import datasets
 
     from reprotune.tokenize import new_stats
 
     jobs = [(str(path), a, b, spec, str(base_dir), str(tmp / f"{path.stem}-{i:05d}.arrow"))
-            for i, (a, b) in enumerate(line_chunks(path))]
+            for i, (a, b) in enumerate(line_chunks(path, chunk_bytes))]
     if threads > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=min(threads, len(jobs))) as pool:
             results = list(pool.map(encode_chunk, jobs))
@@ -221,8 +221,10 @@ def _fingerprint(spec: dict, path: Path, base_dir: Path, split: str) -> str:
     return h.hexdigest()[:16]
 
 
-def build(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, threads: int = 1) -> dict:
-    """The tokenize stage (see the module docstring); returns ``stats.json``."""
+def build(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, threads: int = 1,
+          chunk_bytes: int = CHUNK_BYTES) -> dict:
+    """The tokenize stage (see the module docstring); returns ``stats.json``. ``chunk_bytes``: the
+    size of the pieces of a jsonl file the workers encode (the bytes do not depend on it either)."""
     import datasets
 
     from reprotune.base_tokenizer import describe
@@ -235,7 +237,7 @@ def build(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, threads: in
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tokenize-", dir=out_dir.parent) as scratch, \
             atomic_dir(out_dir) as tmp:
-        train, stats = _encode_file(train_file, spec, Path(base_dir), Path(scratch), threads)
+        train, stats = _encode_file(train_file, spec, Path(base_dir), Path(scratch), threads, chunk_bytes)
         if train is None or stats["kept"] == 0:
             raise DatasetError(f"no trainable rows in {train_file} (stats: {stats})")
         log.info("train: %s", json.dumps(stats, sort_keys=True))
@@ -252,7 +254,7 @@ def build(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, threads: in
         _save(table, tmp / "train", fp)
         val_file = data_dir / "val.jsonl"
         if val_file.is_file() and val_file.stat().st_size:
-            val, report["val"] = _encode_file(val_file, spec, Path(base_dir), Path(scratch), threads)
+            val, report["val"] = _encode_file(val_file, spec, Path(base_dir), Path(scratch), threads, chunk_bytes)
             if val is not None and len(val):
                 _save(val.data.table, tmp / "val", _fingerprint(spec, val_file, Path(base_dir), "val"))
         atomic_write_json(tmp / "stats.json", report)

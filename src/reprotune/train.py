@@ -192,9 +192,14 @@ def _sha256_of(path: Path) -> str:
 
 
 def fingerprint(spec: dict, data_dir: Path, base_dir: Path) -> str:
+    """What a checkpoint belongs to: the spec, the data and the base. A downloaded base is named by
+    its ``manifest.json`` (the sha256 of every file, verified by the download), so a 70B base is
+    not re-hashed by every process at every start; other directories are hashed file by file."""
     h = hashlib.sha256(canonical_json(spec).encode())
     for root in (data_dir, base_dir):
-        for p in sorted(root.rglob("*")):
+        manifest = root / "manifest.json"
+        files = [manifest] if manifest.is_file() else sorted(root.rglob("*"))
+        for p in files:
             if p.is_file() and not p.name.startswith("."):
                 h.update(p.relative_to(root).as_posix().encode())
                 h.update(_sha256_of(p).encode())
