@@ -1,45 +1,47 @@
-"""Prompt-format registry: one module per template.
+"""Prompt-format registry: one Jinja chat template per format.
+
+The built-ins are the files ``chat/<name>.jinja`` of this package, found by scanning that
+folder (adding a format is adding one file); each documents its format and the decisions
+taken in the Jinja comment it starts with.
 
 ``get(name)`` returns a :class:`~reprotune.templates.base.Template` with
-``render_segments(record, eos) -> [(text, trainable), ...]``, ``render``,
-``render_prompt`` (inference prompt), ``to_messages`` and ``chat_template``.
+``render_segments(record, eos) -> [(text, trainable), ...]``, ``render``, ``render_prompt``
+(inference prompt), ``to_messages`` and ``chat_template`` (the Jinja text, for the tokenizer).
 """
 from __future__ import annotations
 
-import importlib
+from functools import lru_cache
+from pathlib import Path
 
-from reprotune.templates.base import Segment, Template, TemplateError, is_text_record
+from reprotune.templates.base import Segment, Template, is_text_record
+from reprotune.templates.engine import TemplateError, TemplateSourceError, check
 
-_REGISTRY: dict[str, Template] = {}
-_MODULES = ("fashiongpt", "oasst", "tulu", "orca_mini", "alpaca", "raw")
-
-
-def register(template: Template) -> Template:
-    if not template.name:
-        raise ValueError("template has no name")
-    if template.name in _REGISTRY and _REGISTRY[template.name] is not template:
-        if type(_REGISTRY[template.name]) is not type(template):
-            raise ValueError(f"template {template.name!r} registered twice")
-    _REGISTRY[template.name] = template
-    return template
+CHAT_DIR = Path(__file__).resolve().parent / "chat"
 
 
-def _load_all() -> None:
-    for mod in _MODULES:
-        importlib.import_module(f"{__name__}.{mod}")
+@lru_cache(maxsize=None)
+def _builtins() -> dict[str, Template]:
+    return {p.name[:-len(".jinja")]: Template(p.name[:-len(".jinja")], p.read_text(encoding="utf-8"), str(p))
+            for p in sorted(CHAT_DIR.glob("*.jinja"))}
 
 
 def names() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY)
+    return sorted(_builtins())
 
 
 def get(name: str) -> Template:
-    _load_all()
     try:
-        return _REGISTRY[name]
+        return _builtins()[name]
     except KeyError:
-        raise KeyError(f"unknown template {name!r}; known templates: {', '.join(sorted(_REGISTRY))}") from None
+        raise KeyError(f"unknown template {name!r}; known templates: {', '.join(names())}") from None
 
 
-__all__ = ["Segment", "Template", "TemplateError", "get", "is_text_record", "names", "register"]
+def code_files(name: str | None) -> list[str]:
+    """The files that define template ``name`` (rule inputs: editing them reruns the stages that
+    render it): this package's modules and the built-in's ``.jinja`` file."""
+    files = sorted(str(p) for p in Path(__file__).resolve().parent.glob("*.py"))
+    return files + ([get(name).origin] if name else [])
+
+
+__all__ = ["Segment", "Template", "TemplateError", "TemplateSourceError", "check", "code_files", "get",
+           "is_text_record", "names"]
