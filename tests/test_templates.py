@@ -17,8 +17,10 @@ EOS = "</s>"
 ORCA_SYSTEM = "You are an AI assistant that follows instruction extremely well. Help as much as you can."
 ORCA_INSTRUCTION = ("Write a letter to Sam Altman, CEO of OpenAI, requesting him to convert GPT4 a private model "
                     "by OpenAI to an open source project")
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                 "helpful, detailed, and polite answers to the user's questions.")
 SEEDS = ["fashiongpt", "oasst", "tulu", "orca_mini", "alpaca"]
-NEW: list[str] = []
+NEW = ["chatml", "vicuna_v1.1", "llama2_chat", "zephyr", "mistral_instruct"]
 
 
 def rec(*turns, system="", **extra):
@@ -49,11 +51,12 @@ def llama_tok(llama_dir):
 
 # ---------------------------------------------------------------- registry
 def test_registry_is_the_chat_folder():
-    assert templates.names() == ["alpaca", "fashiongpt", "oasst", "orca_mini", "raw", "tulu"]
+    assert templates.names() == ["alpaca", "chatml", "fashiongpt", "llama2_chat", "mistral_instruct", "oasst",
+                                 "orca_mini", "raw", "tulu", "vicuna_v1.1", "zephyr"]
     assert sorted(p.name for p in templates.CHAT_DIR.iterdir()) == [f"{n}.jinja" for n in templates.names()]
     with pytest.raises(KeyError) as e:
         templates.get("vicuna")
-    assert "vicuna" in str(e.value) and "fashiongpt" in str(e.value) and "tulu" in str(e.value)
+    assert "vicuna" in str(e.value) and "fashiongpt" in str(e.value) and "zephyr" in str(e.value)
 
 
 def test_every_builtin_is_documented_and_valid():
@@ -223,6 +226,59 @@ def test_bad_roles_rejected():
         templates.get("tulu").render_segments(rec("Q"), EOS)
 
 
+# ---------------------------------------------------------------- new built-ins, as published
+def test_chatml():
+    t = templates.get("chatml")
+    r = rec("Q1", "A1", "Q2", "A2", system="S")
+    assert t.render_segments(r, EOS) == [
+        ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\n", False),
+        ("A1<|im_end|>", True), ("\n<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\n", False),
+        ("A2<|im_end|>", True), ("\n", False)]
+    assert t.render_prompt(rec("Q1"), EOS) == "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_vicuna_v1_1():
+    t = templates.get("vicuna_v1.1")
+    r = rec("Hello!", "Hi.", "How are you?", "I am good.")
+    assert t.render(r, EOS) == f"{VICUNA_SYSTEM} USER: Hello! ASSISTANT: Hi.</s>USER: How are you? ASSISTANT: I am good.</s>"
+    assert trained("vicuna_v1.1", r) == [" Hi.</s>", " I am good.</s>"]
+    assert t.render_prompt(rec("Hello!", system="Be terse."), EOS) == "Be terse. USER: Hello! ASSISTANT:"
+    assert t.render(rec("Q", "A"), "<|endoftext|>").endswith("ASSISTANT: A</s>")  # FastChat's literal sep2
+
+
+def test_llama2_chat():
+    t = templates.get("llama2_chat")
+    r = rec("Q1", "A1", "Q2", "A2", system="S")
+    assert t.render_segments(r, EOS) == [
+        ("[INST] <<SYS>>\nS\n<</SYS>>\n\nQ1 [/INST]", False), (" A1 </s>", True),
+        ("<s>[INST] Q2 [/INST]", False), (" A2 </s>", True)]
+    assert t.render_prompt(rec("Q1", "A1", "Q2"), EOS) == "[INST] Q1 [/INST] A1 </s><s>[INST] Q2 [/INST]"
+    assert t.render(rec("Q", "A"), "[eos]", bos="[bos]") == "[INST] Q [/INST] A [eos]"
+    assert t.render(rec("Q", "A", "Q", "A"), "[eos]", bos="[bos]").count("[bos]") == 1
+
+
+def test_zephyr():
+    t = templates.get("zephyr")
+    r = rec("Q1", "A1", "Q2", "A2", system="S")
+    assert t.render(r, EOS) == ("<|system|>\nS</s>\n<|user|>\nQ1</s>\n<|assistant|>\nA1</s>\n"
+                                "<|user|>\nQ2</s>\n<|assistant|>\nA2</s>\n")
+    assert trained("zephyr", r) == ["A1</s>", "A2</s>"]
+    assert t.render_prompt(rec("Q1"), EOS) == "<|user|>\nQ1</s>\n<|assistant|>\n"
+
+
+def test_mistral_instruct():
+    t = templates.get("mistral_instruct")
+    chat = rec("Hello, how are you?", "I'm doing great. How can I help you today?",
+               "I'd like to show off how chat templating works!")
+    # the transformers chat-templating guide's output for Mistral-7B-Instruct-v0.1, bos left to the tokenizer
+    assert t.render_prompt(chat, EOS) == ("[INST] Hello, how are you? [/INST]I'm doing great. How can I help you "
+                                          "today?</s> [INST] I'd like to show off how chat templating works! [/INST]")
+    r = rec("Q1", "A1", "Q2", "A2")
+    assert t.render_segments(r, EOS) == [("[INST] Q1 [/INST]", False), ("A1</s>", True),
+                                         (" [INST] Q2 [/INST]", False), ("A2</s>", True), (" ", False)]
+    assert t.render(rec("Q", "A", system="S"), EOS) == "[INST] S\n\nQ [/INST]A</s> "  # system folded
+
+
 # ---------------------------------------------------------------- labels with a Llama tokenizer
 def _trained_runs(tok, enc):
     """The text covered by each run of trained tokens (by the tokens' own offsets)."""
@@ -249,6 +305,13 @@ def test_labels_are_exactly_the_generation_spans(llama_tok, name):
     assert _trained_runs(llama_tok, enc) == trained(name, r)
     kept = [(i, lab) for i, lab in zip(enc["input_ids"], enc["labels"]) if lab != IGNORE_INDEX]
     assert all(i == lab for i, lab in kept)
+
+
+def test_llama2_chat_bos_per_turn_once_each(llama_tok):
+    enc = encode_full(LABEL_RECORD, templates.get("llama2_chat"), llama_tok, 10_000)
+    bos = [i for i, x in enumerate(enc["input_ids"]) if x == llama_tok.bos_token_id]
+    assert len(bos) == 2 and bos[0] == 0  # the tokenizer's, then the second turn's literal <s>
+    assert enc["labels"][bos[1]] == IGNORE_INDEX
 
 
 # ---------------------------------------------------------------- the saved tokenizer's chat template
