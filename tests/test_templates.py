@@ -240,7 +240,8 @@ def test_chatml():
 def test_vicuna_v1_1():
     t = templates.get("vicuna_v1.1")
     r = rec("Hello!", "Hi.", "How are you?", "I am good.")
-    assert t.render(r, EOS) == f"{VICUNA_SYSTEM} USER: Hello! ASSISTANT: Hi.</s>USER: How are you? ASSISTANT: I am good.</s>"
+    assert t.render(r, EOS) == \
+        f"{VICUNA_SYSTEM} USER: Hello! ASSISTANT: Hi.</s>USER: How are you? ASSISTANT: I am good.</s>"
     assert trained("vicuna_v1.1", r) == [" Hi.</s>", " I am good.</s>"]
     assert t.render_prompt(rec("Hello!", system="Be terse."), EOS) == "Be terse. USER: Hello! ASSISTANT:"
     assert t.render(rec("Q", "A"), "<|endoftext|>").endswith("ASSISTANT: A</s>")  # FastChat's literal sep2

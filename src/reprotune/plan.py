@@ -460,7 +460,8 @@ def _files(*patterns: str) -> list[str]:
 
 
 def _template_files(recipe: dict | None, adapter: str | None) -> list[str]:
-    """The adapter's template: the templates package and the built-in's ``.jinja`` file."""
+    """The adapter's template: the templates package and a built-in's ``.jinja`` file (a recipe's
+    own template is in the stage's spec, a rule param)."""
     from . import templates
 
     return templates.code_files(recipe["adapters"][adapter]["template"] if recipe else None)
