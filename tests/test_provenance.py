@@ -228,11 +228,11 @@ def test_code_files_dirty_flag_and_no_card_code(tmp_path, monkeypatch):
     code = prov["code"]
     assert code["dirty"] is (code["git_describe"].endswith("-dirty")) or code["git_describe"] == "unknown"
     files = code["files"]
-    for rel in ("src/reprotune/train.py", "src/reprotune/templates/tulu.py", "src/reprotune/sources/presets/tulu_v2.yaml",
+    for rel in ("src/reprotune/train.py", "src/reprotune/templates/chat/tulu.jinja", "src/reprotune/sources/presets/tulu_v2.yaml",
                     "src/reprotune/sources/conversations.py", "src/reprotune/twin.py",
                 "src/reprotune/merge.py", "src/reprotune/evaluate.py", "src/reprotune/provenance.py"):
         assert files[rel] == _sha((REPO / rel).read_bytes()), rel
-    assert not any("/card/" in f or f.endswith("templates/fashiongpt.py") for f in files)
+    assert not any("/card/" in f or f.endswith("templates/chat/fashiongpt.jinja") for f in files)
     assert code["package_sha256"] == provenance.listing_sha256(files)
 
 

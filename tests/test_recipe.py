@@ -105,7 +105,7 @@ BAD = [
     ([(f"{T}.learning_rate", _DEL)], f"missing required key '{T}.learning_rate'"),
     ([("base_model", _DEL)], "missing required key 'base_model'"),
     ([(f"{T}.method", "prefix")], f"key '{T}.method': 'prefix' is not allowed"),
-    ([("adapters.main.template", "chatml")], "key 'adapters.main.template': 'chatml' is not allowed"),
+    ([("adapters.main.template", "vicuna")], "key 'adapters.main.template': 'vicuna' is not allowed"),
     ([("sources.tulu_v2_mix.format", "csv")], "key 'sources.tulu_v2_mix.format': 'csv' is not allowed"),
     ([("merge.method", "slerp")], "key 'merge.method': 'slerp' is not allowed"),
     ([("sources.tulu_v2_mix.filters", [{"name": "profanity"}])], "'profanity' is not allowed"),

@@ -87,7 +87,7 @@ def built():
 
 def test_template_string_reruns_train_onwards(built):
     copy, work = built
-    with edited(copy / "src/reprotune/templates/tulu.py", _replace("(Tulu 2, open-instruct)", "(Tulu 2)")):
+    with edited(copy / "src/reprotune/templates/chat/tulu.jinja", _replace("(Tulu 2, open-instruct)", "(Tulu 2)")):
         assert planned_jobs(copy, work) == TRAIN_ON
     assert planned_jobs(copy, work) == set()
 

@@ -459,6 +459,14 @@ def _files(*patterns: str) -> list[str]:
     return sorted(out)
 
 
+def _template_files(recipe: dict | None, adapter: str | None) -> list[str]:
+    """The adapter's template: the templates package and a built-in's ``.jinja`` file (a recipe's
+    own template is in the stage's spec, a rule param)."""
+    from . import templates
+
+    return templates.code_files(recipe["adapters"][adapter]["template"] if recipe else None)
+
+
 def code_inputs(stage: str, recipe: dict | None = None, name: str | None = None) -> list[str]:
     """The source files a stage's output depends on, as rule inputs.
 
@@ -480,21 +488,16 @@ def code_inputs(stage: str, recipe: dict | None = None, name: str | None = None)
                       | set(sources.code_files(recipe["sources"][name]["format"])))
     if stage == "mix":
         # filters.token_counter: token-length stats; the template: the fast-vs-slow comparison
-        tpl = [f"templates/{recipe['adapters'][name]['template']}.py"] if recipe else []
-        return _files("mix.py", "filters.py", "data/*.json", "base_tokenizer.py", "slow_tokenizer.py", "tokenize.py",
-                      "templates/__init__.py", "templates/base.py", *tpl)
+        return _files("mix.py", "filters.py", "data/*.json", "base_tokenizer.py", "slow_tokenizer.py",
+                      "tokenize.py") + _template_files(recipe, name)
     if stage == "misconception":
         return _files("misconception.py")
     if stage == "tokenize":
-        tpl = recipe["adapters"][name]["template"]
-        return _files("dataset.py", "tokenize.py", "recipe.py", "templates/__init__.py", "templates/base.py",
-                      f"templates/{tpl}.py", "templates/raw.py", "base_tokenizer.py", "slow_tokenizer.py") + \
-            [str(REPO / "schemas" / "recipe.schema.yaml")]
+        return _files("dataset.py", "tokenize.py", "recipe.py", "base_tokenizer.py", "slow_tokenizer.py") + \
+            _template_files(recipe, name) + [str(REPO / "schemas" / "recipe.schema.yaml")]
     if stage == "train":
-        tpl = recipe["adapters"][name]["template"]
-        return _files("train.py", "launch.py", "recipe.py", "dataset.py", "templates/__init__.py", "templates/base.py",
-                      f"templates/{tpl}.py", "templates/raw.py", "base_tokenizer.py", "slow_tokenizer.py") + \
-            [str(REPO / "schemas" / "recipe.schema.yaml")]  # the train settings' defaults live in the schema
+        return _files("train.py", "launch.py", "recipe.py", "dataset.py", "base_tokenizer.py", "slow_tokenizer.py") + \
+            _template_files(recipe, name) + [str(REPO / "schemas" / "recipe.schema.yaml")]  # train defaults
     if stage == "merge":
         return _files("merge.py")
     if stage == "evaluate":

@@ -259,6 +259,18 @@ def _check_base(base: dict, fail) -> None:
                                  f"{', '.join(weights)}")
 
 
+def resolve_templates(recipe: dict, path: Path) -> None:
+    """Each adapter's ``template`` checked and made self-contained, in place (``templates.resolve``:
+    a built-in name, or the recipe's own Jinja template with a ``path`` read relative to the recipe)."""
+    from reprotune import templates
+
+    for name, ad in sorted(recipe["adapters"].items()):
+        try:
+            ad["template"] = templates.resolve(ad["template"], path.parent)
+        except templates.TemplateSpecError as e:
+            raise RecipeError(f"{path}: key 'adapters.{name}.template{e.key}': {e}") from None
+
+
 def _deep_merge(a: dict, b: dict) -> dict:
     out = copy.deepcopy(a)
     for k, v in b.items():
@@ -317,6 +329,7 @@ def load_recipe(path: str | Path, overlay: str | Path | dict | None = None) -> d
         raise RecipeError(f"{path}: a recipe must be a mapping at the top level")
     data = apply_defaults(data)
     validate(data, "recipe", str(path))
+    resolve_templates(data, path)
     check_semantics(data, str(path))
     data.pop("defaults", None)
     if data["id"] != path.stem:

@@ -1,6 +1,7 @@
 """Templated tokenization with assistant-only labels, and packing (``pack``).
 
-``encode`` renders a record with its template into ``(text, trainable)`` segments,
+``encode`` renders a record with its template into ``(text, trainable)`` segments (trainable:
+inside the template's ``{% generation %}`` spans; bos and eos are the tokenizer's own), then
 tokenizes the concatenated text ONCE (bos added by the tokenizer) and keeps a token's
 label only when its character span ``[start, end)`` lies inside one trainable segment.
 Everything else (bos, system prompt, user turns, role headers, separators) gets ``-100``.
@@ -134,7 +135,7 @@ def ids_and_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, in
 
 def encode_full(record: dict, template: Template, tokenizer, max_length: int) -> dict[str, Any]:
     """Like :func:`encode` but never drops; also returns ``truncated`` and ``text``."""
-    segments = template.render_segments(record, tokenizer.eos_token)
+    segments = _segments(template, record, tokenizer)
     text = "".join(t for t, _ in segments)
     spans = _trainable_spans(segments)
     starts = [s for s, _ in spans]
@@ -407,13 +408,18 @@ def _keep(ids: list[int], labels: list[int], max_length: int, stats: dict) -> di
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels, "truncated": truncated}
 
 
-def _render_batches(records: Iterable[dict], template: Template, eos: str, stats: dict, batch_size: int):
+def _segments(template: Template, record: dict, tokenizer) -> list[tuple[str, bool]]:
+    """The record's ``(text, trainable)`` segments, rendered with this tokenizer's eos and bos."""
+    return template.render_segments(record, tokenizer.eos_token, tokenizer.bos_token or "")
+
+
+def _render_batches(records: Iterable[dict], template: Template, tokenizer, stats: dict, batch_size: int):
     """``(ids, texts, spans)`` per batch of renderable records (unrenderable ones are counted)."""
     rids, texts, spans_list = [], [], []
     for record in records:
         stats["records"] += 1
         try:
-            segments = template.render_segments(record, eos)
+            segments = _segments(template, record, tokenizer)
         except TemplateError:
             stats["dropped_template"] += 1
             continue
@@ -438,7 +444,7 @@ def iter_encode(records: Iterable[dict], template: Template, tokenizer, max_leng
         raise ValueError("max_length must be at least 2")
     backend = _plain_backend(tokenizer)
     samples, held = [], []
-    for rids, texts, spans_list in _render_batches(records, template, tokenizer.eos_token, stats, batch_size):
+    for rids, texts, spans_list in _render_batches(records, template, tokenizer, stats, batch_size):
         for rid, text, spans, (ids, labels) in zip(rids, texts, spans_list,
                                                    _label_batch(tokenizer, backend, texts, spans_list)):
             row = _keep(ids, labels, max_length, stats)
@@ -503,7 +509,7 @@ def compare_tokenizers(records: Iterable[dict], template: Template, fast, slow, 
         if compared >= limit:
             break
         try:
-            text = template.render(record, fast.eos_token)
+            text = template.render(record, fast.eos_token, fast.bos_token or "")
         except TemplateError:
             continue
         compared += 1

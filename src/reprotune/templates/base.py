@@ -1,33 +1,45 @@
-"""Common machinery of the prompt templates.
+"""A prompt template: one Jinja chat template, and the records it renders.
 
-A template turns a normalized record (see docs/architecture.md) into an ordered
-list of ``(text, trainable)`` segments.  ``trainable`` is True exactly for the
-assistant content and its end-of-turn marker; everything else (system prompt,
-user turns, role headers, separators) is context only.  ``tokenize.encode``
-tokenizes the concatenation once and masks by character offsets.
+A template is defined once, as a Jinja chat template in the transformers convention: it sees
+``messages`` (``{"role": "system" | "user" | "assistant", "content": str}``), ``bos_token``,
+``eos_token`` and ``add_generation_prompt``, and the trained part of each assistant turn sits
+inside ``{% generation %}...{% endgeneration %}``. That same text is the tokenizer's
+``chat_template`` (``chat_template.jinja`` next to the trained model's tokenizer files):
+``apply_chat_template(to_messages(record), tokenize=False)`` is ``render(record, eos)`` byte for
+byte, and with ``add_generation_prompt=True`` on a conversation that ends with a user turn it is
+``render_prompt(record, eos)``.
 
-Every template also carries a Jinja ``chat_template`` for
-``tokenizer.chat_template``: ``apply_chat_template(to_messages(record),
-tokenize=False)`` equals ``render(record, eos)`` byte for byte, and
-``add_generation_prompt=True`` on a conversation that ends with a user turn equals
-``render_prompt(record, eos)``.  Neither contains the bos token (the tokenizer's
-post-processor adds it on ``tokenizer(text)``); tokenize the rendered prompt with
-``add_special_tokens=True``.
+``render_segments(record, eos)`` is the ordered ``(text, trainable)`` pieces of a training
+record, computed from one rendering (:func:`reprotune.templates.engine.render`): ``trainable``
+is True exactly inside the generation spans. ``tokenize.encode`` tokenizes the concatenation
+once and masks by character offsets.
 
-Plain-text records (``{"text": ...}``, no ``messages``) are always rendered as
-``text + eos`` with every token trained, whatever template the adapter names,
-so that language-modelling data (RedPajama, fanfics) can be mixed into a chat
-adapter.
+Records become messages here (:meth:`Template.to_messages`), the same way for every template:
+the record's ``system`` (or a leading system message) becomes a first system message when it is
+non-empty; roles must alternate user/assistant starting with the user (else ``TemplateError``);
+a record's ``input`` is given to the first user message as its ``"input"`` key when the template
+reads that key (a format with its own Input block: orca_mini, alpaca), and is otherwise appended
+to the first user message's content as ``"\\n\\n" + input``. A format that refuses a
+conversation (a single-turn format given two user turns) says so with ``raise_exception``,
+which is a ``TemplateError`` here.
+
+The rendered text never starts with the bos token: the tokenizer's post-processor adds it on
+``tokenizer(text)`` (tokenize a rendered prompt with ``add_special_tokens=True``). A format
+whose later turns start with bos (llama2_chat) writes ``bos_token`` there.
+
+Plain-text records (``{"text": ...}``, no ``messages``) are always rendered as ``text + eos``
+with every token trained, whatever template the adapter names, so that language-modelling data
+(RedPajama, fanfics) can be mixed into a chat adapter.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from functools import cached_property
+
+from reprotune.templates import engine
+from reprotune.templates.engine import TemplateError
 
 Segment = tuple[str, bool]
-
-
-class TemplateError(ValueError):
-    """A record that the template cannot render (bad roles, multi-turn on a single-turn format)."""
 
 
 def is_text_record(record: dict) -> bool:
@@ -46,96 +58,95 @@ def _merge(segments: list[Segment]) -> list[Segment]:
     return out
 
 
-def instruction_segments(head: str, user_header: str, input_header: str, sep: str,
-                         turns: list[dict], input_text: str, eos: str, generation_prompt: str) -> list[Segment]:
-    """Segments of the instruction/[input]/response formats (orca_mini, alpaca).
-
-    ``head`` (the system block, may be empty) comes first; each user turn renders as
-    ``user_header + content + sep``, followed by ``input_header + input + sep`` when the
-    record has an input; each answer as ``### Response:\n`` + content + eos (trained).
-    """
-    segs: list[Segment] = [(head, False)] if head else []
-    for t in turns:
-        if t["role"] == "user":
-            segs.append((user_header + t["content"] + sep, False))
-            if input_text:
-                segs.append((input_header + input_text + sep, False))
-        else:
-            segs.append(("### Response:\n", False))
-            segs.append((t["content"] + eos, True))
-    if turns[-1]["role"] == "user":
-        segs.append((generation_prompt, False))
-    return segs
+def split(text: str, spans: list[tuple[int, int]]) -> list[Segment]:
+    """``text`` cut at the generation ``spans``: ``(piece, inside a span)``, merged, no empty pieces."""
+    out: list[Segment] = []
+    pos = 0
+    for start, end in sorted(spans):
+        start = max(start, pos)
+        if end > start:
+            out += [(text[pos:start], False), (text[start:end], True)]
+            pos = end
+    return _merge(out + [(text[pos:], False)])
 
 
+@dataclass(frozen=True)
 class Template:
-    """Base class; subclasses set the class attributes and implement ``_segments``."""
+    """``name``, the Jinja ``chat_template`` and where it was read from (``origin``: the
+    built-in's file, '' for a recipe's inline template)."""
 
-    name: str = ""
-    description: str = ""
-    multi_turn: bool = True
-    #: True when the format has its own Input block (orca_mini, alpaca); otherwise a
-    #: record's ``input`` is appended to the first user message as ``"\n\n" + input``.
-    has_input_block: bool = False
-    #: The assistant header emitted for ``add_generation_prompt``.
-    generation_prompt: str = ""
-    chat_template: str = ""
+    name: str
+    chat_template: str
+    origin: str = ""
 
-    # -- to implement -------------------------------------------------------------
-    def _segments(self, system: str, turns: list[dict], input_text: str, eos: str) -> list[Segment]:
-        """Segments for ``turns`` (alternating user/assistant, first user).
+    @cached_property
+    def description(self) -> str:
+        """The first line of the template's leading Jinja comment."""
+        return engine.leading_comment(self.chat_template).split("\n", 1)[0]
 
-        If the last turn is a user turn, the result ends with the assistant header
-        (the generation prompt)."""
-        raise NotImplementedError
+    @cached_property
+    def has_input_block(self) -> bool:
+        return engine.reads_key(self.chat_template, "input")
 
-    # -- public API ---------------------------------------------------------------
-    def render_segments(self, record: dict, eos: str) -> list[Segment]:
+    @cached_property
+    def multi_turn(self) -> bool:
+        """Whether the format renders a conversation with two user turns (single-turn ones refuse)."""
+        turns = [{"role": r, "content": "x"} for r in ("user", "assistant", "user", "assistant")]
+        try:
+            self.render_segments({"system": "", "messages": turns}, "</s>")
+        except TemplateError:
+            return False
+        return True
+
+    # -- rendering ----------------------------------------------------------------
+    def render_segments(self, record: dict, eos: str, bos: str = "<s>") -> list[Segment]:
         """Ordered ``(text, trainable)`` pieces of a complete training record."""
         if is_text_record(record):
             return _merge([(record["text"], True), (eos, True)])
-        system, turns, input_text = self._parts(record)
-        if turns[-1]["role"] != "assistant":
+        messages = self.to_messages(record)
+        if messages[-1]["role"] != "assistant":
             raise TemplateError(f"{self.name}: a training record must end with an assistant turn")
-        return _merge(self._segments(system, turns, input_text, eos))
+        return split(*self._render(messages, bos, eos, False))
 
-    def render(self, record: dict, eos: str) -> str:
-        return "".join(text for text, _ in self.render_segments(record, eos))
+    def render(self, record: dict, eos: str, bos: str = "<s>") -> str:
+        return "".join(text for text, _ in self.render_segments(record, eos, bos))
 
-    def render_prompt(self, record: dict, eos: str) -> str:
-        """Inference prompt: everything up to and including the next assistant header.
-
-        A final assistant turn, if present, is dropped (so a training record gives
-        the prompt its last answer was trained on)."""
+    def render_prompt(self, record: dict, eos: str, bos: str = "<s>") -> str:
+        """Inference prompt: the conversation with ``add_generation_prompt`` (the next assistant
+        header). A final assistant turn, if present, is dropped (so a training record gives the
+        prompt its last answer was trained on)."""
         if is_text_record(record):
             return record["text"]
-        system, turns, input_text = self._parts(record, allow_open=True)
-        if turns[-1]["role"] == "assistant":
-            turns = turns[:-1]
-        return "".join(text for text, _ in self._segments(system, turns, input_text, eos))
+        messages = self.to_messages(record)
+        if messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        return self._render(messages, bos, eos, True)[0]
 
+    def _render(self, messages: list[dict], bos: str, eos: str, prompt: bool):
+        try:
+            return engine.render(self.chat_template, messages, bos, eos, prompt)
+        except TemplateError as e:
+            raise TemplateError(f"{self.name}: {e}") from None
+        except engine.TemplateSourceError as e:
+            raise engine.TemplateSourceError(f"template {self.name!r}: {e}") from None
+
+    # -- records -> messages ------------------------------------------------------
     def to_messages(self, record: dict) -> list[dict]:
-        """Chat messages for ``apply_chat_template``: system first (when non-empty),
-        ``input`` folded into the first user message (or carried as its ``"input"``
-        key for templates with an Input block)."""
+        """Chat messages for the template (and ``apply_chat_template``); see the module doc."""
         if is_text_record(record):
             return [{"role": "assistant", "content": record["text"]}]
-        system, turns, input_text = self._parts(record, allow_open=True, fold_input=False)
-        out: list[dict] = []
-        if system:
-            out.append({"role": "system", "content": system})
-        for i, m in enumerate(turns):
-            msg = {"role": m["role"], "content": m["content"]}
-            if i == 0 and input_text:
-                if self.has_input_block:
-                    msg["input"] = input_text
-                else:
-                    msg["content"] = msg["content"] + "\n\n" + input_text
-            out.append(msg)
-        return out
+        system, turns = self._parts(record)
+        input_text = record.get("input") or ""
+        if not isinstance(input_text, str):
+            raise TemplateError(f"{self.name}: input must be a string")
+        if input_text and self.has_input_block:
+            turns[0]["input"] = input_text
+        elif input_text:
+            turns[0]["content"] += "\n\n" + input_text
+        return ([{"role": "system", "content": system}] if system else []) + turns
 
-    # -- helpers ------------------------------------------------------------------
-    def _parts(self, record: dict, allow_open: bool = False, fold_input: bool = True):
+    def _parts(self, record: dict) -> tuple[str, list[dict]]:
+        """The system prompt and the user/assistant turns (copies), roles and types checked."""
         system = record.get("system") or ""
         if not isinstance(system, str):
             raise TemplateError(f"{self.name}: system must be a string")
@@ -150,35 +161,11 @@ class Template:
                 continue
             expected = "user" if len(turns) % 2 == 0 else "assistant"
             if role != expected:
-                raise TemplateError(
-                    f"{self.name}: message {i} has role {role!r}, expected {expected!r} "
-                    "(roles must alternate user/assistant, starting with user)"
-                )
-            content = m.get("content")
-            if not isinstance(content, str):
+                raise TemplateError(f"{self.name}: message {i} has role {role!r}, expected {expected!r} "
+                                    "(roles must alternate user/assistant, starting with user)")
+            if not isinstance(m.get("content"), str):
                 raise TemplateError(f"{self.name}: message {i} content is not a string")
-            turns.append({"role": role, "content": content})
+            turns.append({"role": role, "content": m["content"]})
         if not turns:
             raise TemplateError(f"{self.name}: record has no user/assistant messages")
-        n_user = sum(1 for t in turns if t["role"] == "user")
-        if not self.multi_turn and n_user > 1:
-            raise TemplateError(f"{self.name}: single-turn format, record has {n_user} user turns")
-        input_text = record.get("input") or ""
-        if not isinstance(input_text, str):
-            raise TemplateError(f"{self.name}: input must be a string")
-        if input_text and fold_input and not self.has_input_block:
-            turns[0] = {"role": "user", "content": turns[0]["content"] + "\n\n" + input_text}
-            input_text = ""
-        return system, turns, input_text
-
-    def __repr__(self) -> str:  # pragma: no cover - cosmetic
-        return f"<Template {self.name}>"
-
-
-def describe(template: Template) -> dict[str, Any]:
-    return {
-        "name": template.name,
-        "description": template.description,
-        "multi_turn": template.multi_turn,
-        "has_input_block": template.has_input_block,
-    }
+        return system, turns
