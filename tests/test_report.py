@@ -44,7 +44,7 @@ def test_report_assets_written(build):
     assert "<svg" in (rep / "loss.html").read_text()  # train_log.jsonl -> curve
     ev = (rep / "eval.html").read_text()
     results = json.loads((build / "results" / RID / "eval" / "results.json").read_text())
-    arc = results["results"]["tiny_arc_challenge"]["acc_norm,none"]
+    arc = results["results"]["arc_challenge"]["acc_norm,none"]
     assert f"{round(arc * 100, 2):.2f}" in ev
     data = (build / "results" / RID / "data" / "main" / "data_report.json")
     rows_read = json.loads(data.read_text())["sources"]["tulu_v2_mix"]["rows_read"]

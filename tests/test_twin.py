@@ -123,7 +123,7 @@ def test_twin_loads_with_the_real_classes(built):
     d = built["meta-llama/Llama-2-70b-hf"]
     model = AutoModelForCausalLM.from_pretrained(d)
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype.__str__() == "torch.float16"
-    assert model.model.layers[0].self_attn.k_proj.out_features == 8  # one KV head of 8
+    assert model.model.layers[0].self_attn.k_proj.out_features == 32  # one KV head of 32 (8 query heads)
     tok = load(d)
     assert type(tok).__name__ == "LlamaTokenizer" and tok("hi").input_ids[0] == 1
     assert AutoConfig.from_pretrained(d).num_key_value_heads == 1

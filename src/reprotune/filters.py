@@ -57,6 +57,11 @@ def known() -> list[str]:
     return sorted(_REGISTRY)
 
 
+# filter parameters the build sets from ``context`` (never a recipe): ``use_fast`` follows the
+# recipe's ``tokenizer.use_fast`` for ``tokenizer: base``
+CONTEXT_PARAMS = frozenset({"use_fast"})
+
+
 def make(spec: dict, context: dict | None = None) -> Keep:
     """Build one filter from ``{"name": ..., **params}``.
 

@@ -393,11 +393,12 @@ def provenance_spec(recipe: dict, overlay: str | None, images: dict | None = Non
             "containers": containers}
 
 
-def prompt_example(recipe: dict) -> str | None:
-    """A rendered example of the first adapter's prompt template (for the card)."""
+def prompt_example(recipe: dict, adapter: str | None = None) -> str | None:
+    """A rendered example of an adapter's prompt template (default: the first adapter), for the
+    card; rendered by the card stage, never while Snakemake builds the DAG (it imports transformers)."""
     from . import templates
 
-    ad = recipe["adapters"][sorted(recipe["adapters"])[0]]
+    ad = recipe["adapters"][adapter or sorted(recipe["adapters"])[0]]
     tpl = templates.get(ad["template"])
     rec = {
         "id": "example/0",
@@ -437,7 +438,6 @@ def card_spec(recipe: dict) -> dict:
         "merge_info": f"results/{rid}/model/merge_info.json",
         **_card_variants(recipe),
         "provenance": f"results/{rid}/provenance.json",
-        "prompt_example": prompt_example(recipe),
     }
 
 

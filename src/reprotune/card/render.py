@@ -15,7 +15,8 @@ typed into the templates.
 ``primary``           optional label of the headline variant when ``results`` is a dict
 ``merge_info``        path to merge_info.json, or {variant label: path}, or None
 ``provenance``        path to provenance.json (or None)
-``prompt_example``    pre-rendered prompt example: str, or {adapter or template name: str}
+``prompt_example``    optional pre-rendered prompt example: str, or {adapter or template name: str};
+                      without it, each template's example is rendered from the template
 ``system_messages``   optional override of the system-message list: list, or {adapter: list}
 
 Evaluation values: lm-eval reports fractions in [0, 1]; the card (table *and* the
@@ -548,17 +549,22 @@ def _training_context(recipe: dict, adapter: str, summary: dict | None) -> dict:
 
 # --------------------------------------------------------------------------- prompts / system messages
 def _prompt_context(spec: dict, recipe: dict) -> list[dict]:
-    ex = spec.get("prompt_example")
+    """One entry per template the adapters use: its name, the adapters, a rendered example (the
+    spec's ``prompt_example`` where given, else rendered here from the template itself)."""
+    from reprotune import plan, templates
+
+    ex = spec.get("prompt_example", ...)
     groups: dict[str, list[str]] = {}
     for name, ad in (recipe.get("adapters") or {}).items():
-        groups.setdefault(ad.get("template", "?"), []).append(name)
+        groups.setdefault(templates.get(ad["template"]).name if ad.get("template") else "?", []).append(name)
     out = []
     for template, adapters in groups.items():
-        example = None
-        if isinstance(ex, str):
-            example = ex
+        if ex is ...:
+            example = plan.prompt_example(recipe, adapters[0])
         elif isinstance(ex, dict):
             example = ex.get(template) or next((ex[a] for a in adapters if a in ex), None)
+        else:
+            example = ex
         out.append(dict(template=template, adapters=adapters, example=example))
     return out
 
