@@ -358,3 +358,50 @@ def test_check_rejects(source, message):
 def test_check_accepts_a_template_that_refuses_the_probe():
     templates.check("{{ raise_exception('no system prompts') if messages[0]['role'] == 'system' }}"
                     "{% generation %}{{ messages[-1]['content'] }}{% endgeneration %}")
+
+
+def _varied_conversations(n: int = 150):
+    """Seeded conversations of 1-3 turns, with and without system, input, odd content."""
+    import random
+
+    rnd = random.Random(7)
+    words = ["alpha", "{{ x }}", "{% raw %}", "<s>", "</s>", "line\nbreak", "  spaced ", "ünïcode ✓", "", "#"]
+    for i in range(n):
+        turns = []
+        for _ in range(1 + i % 3):
+            turns.append({"role": "user", "content": " ".join(rnd.choice(words) for _ in range(rnd.randint(1, 6)))})
+            turns.append({"role": "assistant", "content": " ".join(rnd.choice(words) for _ in range(rnd.randint(1, 6)))})
+        r = {"id": f"v/{i}", "source": "v", "system": rnd.choice(["", "Be brief.", " sys\n"]), "messages": turns}
+        if i % 4 == 0:
+            r["input"] = rnd.choice(["some input", "x\ny"])
+        yield r if i % 5 else {"id": f"v/{i}", "source": "v", "text": turns[0]["content"] + " " + turns[1]["content"]}
+
+
+@pytest.mark.parametrize("name", templates.names())
+def test_fast_renderer_equals_transformers_renderer(name):
+    """The data path's renderer gives transformers' text and generation spans, for every built-in."""
+    from reprotune.templates import engine
+
+    t, compared = templates.get(name), 0
+    for r in _varied_conversations():
+        try:
+            messages = t.to_messages(r)
+            want = engine.render_reference(t.chat_template, messages, "<s>", "</s>")
+        except TemplateError:
+            continue
+        assert engine.render(t.chat_template, messages, "<s>", "</s>") == want, r["id"]
+        prompt = messages[:-1]
+        assert engine.render(t.chat_template, prompt, "<s>", "</s>", True) == \
+            engine.render_reference(t.chat_template, prompt, "<s>", "</s>", True), r["id"]
+        compared += 1
+    assert compared >= 25
+
+
+def test_marker_characters_in_content_take_the_reference_path():
+    from reprotune.templates import engine
+
+    t = templates.get("chatml")
+    msgs = [{"role": "user", "content": "a \ue000 b"}, {"role": "assistant", "content": "c \ue001"}]
+    text, spans = engine.render(t.chat_template, msgs, "<s>", "</s>")
+    assert "\ue000" in text and "\ue001" in text
+    assert (text, spans) == engine.render_reference(t.chat_template, msgs, "<s>", "</s>")
