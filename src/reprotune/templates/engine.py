@@ -29,6 +29,7 @@ built-in template does not pay for it.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from functools import lru_cache
 
 import jinja2
@@ -134,32 +135,34 @@ def render(source: str, messages: list[dict], bos: str, eos: str,
     its generation blocks, in order. ``raise_exception`` in the template is a TemplateError."""
     if _marked(messages, bos, eos):
         return render_reference(source, messages, bos, eos, add_generation_prompt)
-    try:
+    with _render_errors():
         marked = _fast(source).render(messages=messages, bos_token=bos, eos_token=eos,
                                       add_generation_prompt=add_generation_prompt)
+    return _unmark(marked)
+
+
+@contextmanager
+def _render_errors():
+    """A template's ``raise_exception`` is the format refusing the record (TemplateError); any
+    other failure is the template's own fault (TemplateSourceError, e.g. a string plus a number)."""
+    try:
+        yield
     except jinja2.TemplateError as e:
-        if type(e) is jinja2.TemplateError:  # what raise_exception raises: the format refuses
+        if type(e) is jinja2.TemplateError:  # what raise_exception raises
             raise TemplateError(_one_line(e)) from None
         raise TemplateSourceError(f"{type(e).__name__}: {_one_line(e)}") from None
-    except Exception as e:  # a template's own fault (e.g. adding a string to a number)
+    except Exception as e:
         raise TemplateSourceError(f"{type(e).__name__}: {_one_line(e)}") from None
-    return _unmark(marked)
 
 
 def render_reference(source: str, messages: list[dict], bos: str, eos: str,
                      add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
     """:func:`render` through transformers' own renderer (``render_jinja_template`` with
     generation tracking): the reference the fast path is checked against."""
-    try:
+    with _render_errors():
         texts, spans = _utils().render_jinja_template(
             conversations=[messages], chat_template=source, return_assistant_tokens_mask=True,
             add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos)
-    except jinja2.TemplateError as e:
-        if type(e) is jinja2.TemplateError:  # what raise_exception raises: the format refuses
-            raise TemplateError(_one_line(e)) from None
-        raise TemplateSourceError(f"{type(e).__name__}: {_one_line(e)}") from None
-    except Exception as e:  # a template's own fault (e.g. adding a string to a number)
-        raise TemplateSourceError(f"{type(e).__name__}: {_one_line(e)}") from None
     return texts[0], [(int(a), int(b)) for a, b in spans[0]]
 
 
