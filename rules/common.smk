@@ -205,6 +205,11 @@ def mix_pairs(wildcards):
     return _pairs(mix_inputs(wildcards))
 
 
+def mix_code(wildcards):
+    """mix.py and what data_report.json's counts use: the base tokenizer code and the adapter's template."""
+    return plan.code_inputs("mix", R(wildcards), wildcards.adapter)
+
+
 def mix_spec(wildcards):
     return plan.dumps(plan.mix_spec(R(wildcards), wildcards.adapter))
 

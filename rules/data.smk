@@ -48,7 +48,7 @@ rule clean_source:
 rule mix:
     input:
         unpack(mix_inputs),
-        code=plan.code_inputs("mix"),
+        code=mix_code,
         tokenizer=base_model_dir,  # token-length stats in data_report.json
     output:
         directory("results/{recipe}/data/{adapter}"),
