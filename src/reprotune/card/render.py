@@ -682,6 +682,7 @@ def build_context(spec: dict) -> dict:
     return dict(
         recipe_id=recipe.get("id"), title=card.get("title") or recipe.get("id"), scale=scale,
         tiny=scale == "tiny", original=card.get("original"),
+        slow_tokenizer=(recipe.get("tokenizer") or {}).get("use_fast") is False,
         description=(card.get("description") or "").strip(), framework=(card.get("framework") or "").strip(),
         developers=card.get("developers") or [],
         sections=[dict(title=x["title"], text=(x.get("text") or "").strip()) for x in card.get("sections") or []],
