@@ -256,6 +256,10 @@ def _simple_evaluate(lm, spec: dict, names: list[str], task_manager) -> dict:
     return res
 
 
+def _model_path(model_args: str) -> str:
+    return dict(kv.split("=", 1) for kv in model_args.split(","))["pretrained"]
+
+
 def _run(spec: dict, model_args: str, data_dirs: dict[str, Path], tmp: Path, lm_eval_tasks: Path) -> tuple[dict, dict]:
     from lm_eval.api.registry import get_model
     from lm_eval.tasks import TaskManager
@@ -267,7 +271,14 @@ def _run(spec: dict, model_args: str, data_dirs: dict[str, Path], tmp: Path, lm_
                                include_defaults=False)
     device, batch_size = spec.get("device", "cpu"), spec.get("batch_size", 1)
     log.info("loading the model for lm-eval (device=%s, batch_size=%s)", device, batch_size)
-    lm = get_model("hf").create_from_arg_string(model_args, {"batch_size": batch_size, "device": device})
+    extra = {"batch_size": batch_size, "device": device}
+    if not (spec.get("tokenizer") or {}).get("use_fast", True):
+        # the tokenizer the model was trained with: the slow SentencePiece one (lm-eval takes an object)
+        from reprotune.base_tokenizer import load
+
+        extra["tokenizer"] = load(_model_path(model_args), use_fast=False)
+        log.info("tokenizer: %s (slow, as the recipe trains)", type(extra["tokenizer"]).__name__)
+    lm = get_model("hf").create_from_arg_string(model_args, extra)
     names = list(datasets)
     log.info("lm-eval: %s (limit=%s)", ", ".join(names), spec.get("limit"))
     return _simple_evaluate(lm, spec, names, task_manager), datasets

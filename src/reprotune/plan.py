@@ -285,6 +285,7 @@ def eval_spec(recipe: dict) -> dict:
         "limit": e.get("limit"),
         "seed": e.get("seed", 1234),
         "device": "cpu" if recipe.get("scale") == "tiny" else "cuda",
+        "tokenizer": {"use_fast": use_fast_tokenizer(recipe)},
     }
     if "suite" in e:
         spec["suite"] = e["suite"]
