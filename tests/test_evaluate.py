@@ -85,8 +85,11 @@ def test_custom_task_list_expands_filter():
 
 
 def test_seed_recipes_stay_on_v1_and_a_recipe_can_choose_v2(tmp_path):
-    for p in sorted((ROOT / "recipes").glob("*.yaml")):
-        assert yaml.safe_load(p.read_text())["eval"]["suite"] == "open_llm_v1", p.name
+    seeds = yaml.safe_load((ROOT / "config.yaml").read_text())["recipes"]  # their cards report v1
+    for rid in seeds:
+        assert yaml.safe_load((ROOT / "recipes" / f"{rid}.yaml").read_text())["eval"]["suite"] == "open_llm_v1", rid
+    assert yaml.safe_load((ROOT / "recipes" / "openhermes-2.5-mistral-7b.yaml").read_text())["eval"]["suite"] == \
+        "open_llm_v2"
     path = _recipe_with(tmp_path, {"suite": "open_llm_v2", "batch_size": 1})
     r = load_recipe(path, ROOT / "overlays" / "tiny.yaml")
     assert rows(plan.eval_spec(r)["tasks"]) == V2 and plan.eval_spec(r)["limit"] == 10
