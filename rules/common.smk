@@ -126,7 +126,7 @@ def _base_recipe(slug):
 
 def fixture_texts(wildcards):
     """Every file of the fixture mirror: a twin's tokenizer and pre-training read their text."""
-    return sorted(str(p) for p in (Path(workflow.basedir) / "fixtures" / "hub").rglob("*") if p.is_file())
+    return list(plan.files_under(str(Path(workflow.basedir) / "fixtures" / "hub")))
 
 
 def twin_code(wildcards):
@@ -161,7 +161,7 @@ def _mirror_repo_files(wildcards, repo):
     mirror = MIRROR[wildcards.recipe]
     if mirror is None:
         return []
-    return sorted(str(p) for p in (mirror / "datasets" / repo).rglob("*") if p.is_file())
+    return list(plan.files_under(str(mirror / "datasets" / repo)))
 
 
 def mirror_files(wildcards):

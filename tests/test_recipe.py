@@ -25,7 +25,7 @@ SEED_IDS = {
 
 
 def test_all_seed_recipes_present_and_valid():
-    assert {p.stem for p in RECIPES} == SEED_IDS
+    assert SEED_IDS <= {p.stem for p in RECIPES}  # plus recipes for new cards (openhermes-2.5-mistral-7b)
     for p in RECIPES:
         full = load_recipe(p)
         tiny = load_recipe(p, TINY)

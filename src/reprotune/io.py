@@ -185,3 +185,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         if _is_user_write_error(e):
             raise ArtifactWriteError(path, e) from e
         raise
+
+
+def load_yaml(stream):
+    """``yaml.safe_load`` through libyaml's C parser where PyYAML has it (the workflow reads a few
+    dozen YAML files -- recipes, schemas, profiles, presets -- every time Snakemake starts: the
+    pure-Python parser took most of a dry run's time)."""
+    import yaml
+
+    return yaml.load(stream, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from functools import lru_cache
 from pathlib import Path
 
 from .io import read_json
@@ -454,10 +455,23 @@ PKG = Path(__file__).resolve().parent
 
 
 def _files(*patterns: str) -> list[str]:
+    return list(_globbed(patterns))
+
+
+@lru_cache(maxsize=None)
+def _globbed(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """The package files matching ``patterns`` (cached: every job of the DAG asks for its stage's)."""
     out: set[str] = set()
     for pat in patterns:
         out.update(str(p) for p in PKG.glob(pat) if p.is_file() and "__pycache__" not in p.parts)
-    return sorted(out)
+    return tuple(sorted(out))
+
+
+@lru_cache(maxsize=None)
+def files_under(root: str) -> tuple[str, ...]:
+    """Every file below ``root``, sorted (cached for the life of the process: a mirror or fixture
+    tree is listed once per Snakemake run, not once per job)."""
+    return tuple(sorted(str(p) for p in Path(root).rglob("*") if p.is_file()))
 
 
 def _template_files(recipe: dict | None, adapter: str | None) -> list[str]:
@@ -502,8 +516,7 @@ def code_inputs(stage: str, recipe: dict | None = None, name: str | None = None)
     if stage == "merge":
         return _files("merge.py")
     if stage == "evaluate":
-        return _files("evaluate.py", "eval_tasks/**/*") + sorted(
-            str(p) for p in (REPO / "fixtures" / "eval").rglob("*") if p.is_file())
+        return _files("evaluate.py", "eval_tasks/**/*") + list(files_under(str(REPO / "fixtures" / "eval")))
     if stage == "provenance":
         if recipe is None:
             return _files("provenance.py")
@@ -514,8 +527,8 @@ def code_inputs(stage: str, recipe: dict | None = None, name: str | None = None)
         files = set(stage_code_files(recipe))
         if recipe.get("hub_mirror"):
             mirror = repo_path(recipe["hub_mirror"])
-            files.update(str(p) for root in (mirror, REPO / "fixtures" / "eval") if root.is_dir()
-                         for p in root.rglob("*") if p.is_file())
+            files.update(f for root in (mirror, REPO / "fixtures" / "eval") if root.is_dir()
+                         for f in files_under(str(root)))
         return sorted(files)
     if stage == "report":
         return _files("card/report.py", "card/render.py")

@@ -28,6 +28,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from reprotune.io import load_yaml
+
 from . import eval_tasks
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -40,7 +42,7 @@ class RecipeError(ValueError):
 @lru_cache(maxsize=None)
 def _schema(name: str) -> dict:
     with open(SCHEMA_DIR / f"{name}.schema.yaml", encoding="utf-8") as f:
-        schema = yaml.safe_load(f)
+        schema = load_yaml(f)
     if name == "recipe":
         _add_source_formats(schema["properties"]["sources"]["additionalProperties"])
     return schema
@@ -136,7 +138,7 @@ def read_yaml(path: str | Path) -> Any:
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+            return load_yaml(f)
     except FileNotFoundError:
         raise RecipeError(f"{path}: file not found") from None
     except yaml.YAMLError as e:

@@ -16,10 +16,9 @@ pack output rows in 32s, so QLoRA runs on the twin); the tokenizer files fit the
 """
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 from pathlib import Path
-
-import yaml
 
 PROFILE_DIR = Path(__file__).resolve().parent
 BLOCK = 64          # bitsandbytes' 4-bit quantization block: whole blocks per input row
@@ -110,7 +109,7 @@ def get(base_id: str) -> dict:
         raise BaseProfileError(
             f"no twin profile for base model {base_id!r} (known: {', '.join(ids())}); the tiny build needs "
             f"src/reprotune/bases/{slug(base_id)}.yaml (see docs/architecture.md, 'Twin bases')") from None
-    return yaml.safe_load(yaml.safe_dump(data))
+    return copy.deepcopy(data)
 
 
 def path(base_id: str) -> Path:

@@ -21,7 +21,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
+from reprotune.io import load_yaml
 
 HERE = Path(__file__).resolve().parent
 NAMES_FILE = HERE / "lm_eval_tasks.txt"
@@ -39,7 +39,7 @@ class EvalConfigError(ValueError):
 
 def _read_yaml(path: Path):
     with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+        return load_yaml(f)
 
 
 @lru_cache(maxsize=None)

@@ -38,7 +38,7 @@ import pkgutil
 from pathlib import Path
 from typing import Callable, Iterator
 
-import yaml
+from reprotune.io import load_yaml
 
 from ._common import SchemaError, SourceError, option_defaults
 from ._presets import preset_reader
@@ -93,7 +93,7 @@ def code_files(name: str) -> list[str]:
     here = Path(__file__).parent
     preset = PRESETS_DIR / f"{name}.yaml"
     if preset.is_file():
-        base = yaml.safe_load(preset.read_text(encoding="utf-8"))["format"]
+        base = load_yaml(preset.read_text(encoding="utf-8"))["format"]
         return sorted({str(preset), str(here / "_presets.py"), *code_files(base)})
     module = importlib.import_module(f"{__name__}.{name}")
     deps = [m for m in vars(module).values() if getattr(m, "__name__", "").startswith(f"{__name__}.")

@@ -18,7 +18,7 @@ import copy
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
+from reprotune.io import load_yaml
 
 from ._common import SourceError, merge_options, schema_problem
 
@@ -62,7 +62,7 @@ def _assign(options: dict, path: str, value: Any) -> None:
 
 def _read_spec(path: Path, get: Callable) -> dict:
     with open(path, encoding="utf-8") as f:
-        spec = yaml.safe_load(f)
+        spec = load_yaml(f)
     problem = schema_problem(PRESET_SCHEMA, spec)
     if problem:
         raise SourceError(f"{path}: key {problem}")
