@@ -62,11 +62,13 @@ def _peak_rss_mb() -> float:
 
 
 # ----------------------------------------------------------------------------- data
-def generate(path: Path, n: int, seed: int = 0) -> None:
-    """N rows streamed to parquet in chunks (the generator itself stays small)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+PREFIXES = ("niv.", "t0.", "cot.", "flan.")
 
+
+def chat_rows(n: int, seed: int = 0, dirty: bool = True):
+    """N deterministic OpenOrca-shaped rows ``(id, system_prompt, question, response)``: three
+    sentences of question and of answer from a seeded pool; ``dirty``: 0.5% empty answers and 0.5%
+    refusals (what the clean step's filters drop)."""
     rng = random.Random(seed)
     systems = json.loads((REPO / "src/reprotune/data/orca_system_messages.json").read_text())
     pool = []
@@ -74,26 +76,47 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
         k = rng.randrange(8, 16)
         s = " ".join(rng.choice(WORDS) for _ in range(k))
         pool.append(s[0].upper() + s[1:] + ".")
+    picks = range(len(pool))
+    for i in range(n):
+        q = " ".join(pool[j] for j in rng.choices(picks, k=3))
+        a = " ".join(pool[j] for j in rng.choices(picks, k=3))
+        r = rng.random() if dirty else 1.0
+        if r < 0.005:
+            a = ""                                    # empty turn
+        elif r < 0.01:
+            a = "As an AI language model, I cannot answer that."  # refusal
+        yield f"{PREFIXES[i % 4]}{i}", systems[i % len(systems)], q, a
+
+
+def chat_record(row: tuple, source: str = "openorca") -> dict:
+    """One row of :func:`chat_rows` as a normalized record (what clean and mix write)."""
+    rid, system, question, response = row
+    return {"id": rid, "source": source, "system": system or "",
+            "messages": [{"role": "user", "content": question or ""},
+                         {"role": "assistant", "content": response or ""}]}
+
+
+def write_chat_jsonl(path: Path, n: int, seed: int = 0) -> int:
+    """N clean rows as normalized records in ``path`` (the mix stage's train.jsonl); returns its bytes."""
+    from reprotune.io import atomic_write_jsonl
+
+    atomic_write_jsonl(path, (chat_record(r, "bench") for r in chat_rows(n, seed, dirty=False)))
+    return path.stat().st_size
+
+
+def generate(path: Path, n: int, seed: int = 0) -> None:
+    """N rows streamed to parquet in chunks (the generator itself stays small)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     schema = pa.schema([(c, pa.string()) for c in ("id", "system_prompt", "question", "response")])
-    prefixes = ["niv.", "t0.", "cot.", "flan."]
+    rows = chat_rows(n, seed)
     with pq.ParquetWriter(path, schema) as w:
         done = 0
         while done < n:
             m = min(50_000, n - done)
-            cols = {c: [] for c in schema.names}
-            for i in range(done, done + m):
-                q = " ".join(pool[j] for j in rng.choices(range(len(pool)), k=3))
-                a = " ".join(pool[j] for j in rng.choices(range(len(pool)), k=3))
-                r = rng.random()
-                if r < 0.005:
-                    a = ""                                    # empty turn
-                elif r < 0.01:
-                    a = "As an AI language model, I cannot answer that."  # refusal
-                cols["id"].append(f"{prefixes[i % 4]}{i}")
-                cols["system_prompt"].append(systems[i % len(systems)])
-                cols["question"].append(q)
-                cols["response"].append(a)
-            w.write_table(pa.table(cols, schema=schema), row_group_size=10_000)
+            cols = list(zip(*(next(rows) for _ in range(m))))
+            w.write_table(pa.table(dict(zip(schema.names, map(list, cols))), schema=schema), row_group_size=10_000)
             done += m
 
 
@@ -108,11 +131,10 @@ def _tokenizer():
 def _records_from_parquet(path: Path):
     import pyarrow.parquet as pq
 
+    cols = ("id", "system_prompt", "question", "response")
     for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=1024):
         for row in batch.to_pylist():
-            yield {"id": row["id"], "source": "openorca", "system": row["system_prompt"] or "",
-                   "messages": [{"role": "user", "content": row["question"] or ""},
-                                {"role": "assistant", "content": row["response"] or ""}]}
+            yield chat_record(tuple(row[c] for c in cols))
 
 
 # ----------------------------------------------------------------------------- children
@@ -195,16 +217,19 @@ def child_baseline(work: Path) -> dict:
             "rss_after_imports_mb": rss_imports}
 
 
-def _run_child(kind: str, work: Path, tokdir: Path) -> dict:
+def run_child(script: str, args: list[str], env_extra: dict | None = None) -> dict:
+    """Run ``script args`` in a fresh interpreter (single-threaded, src/ importable); its last stdout line as JSON."""
     env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               BENCH_TOKENIZER=str(tokdir),
-               PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.run([sys.executable, __file__, "--child", kind, "--work", str(work)], env=env,
-                       capture_output=True, text=True)
+               PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env_extra or {}))
+    p = subprocess.run([sys.executable, script, *args], env=env, capture_output=True, text=True)
     if p.returncode != 0:
         sys.stderr.write(p.stderr)
-        raise SystemExit(f"child {kind} failed ({p.returncode})")
+        raise SystemExit(f"child {' '.join(args)} failed ({p.returncode})")
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _run_child(kind: str, work: Path, tokdir: Path) -> dict:
+    return run_child(__file__, ["--child", kind, "--work", str(work)], {"BENCH_TOKENIZER": str(tokdir)})
 
 
 def _tokenizer_dir(work: Path) -> Path:
