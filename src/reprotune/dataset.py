@@ -20,7 +20,9 @@ cache) and never tokenizes.
 Threads: the train file is cut into chunks of ``CHUNK_BYTES`` at line ends; up to ``threads``
 worker processes encode chunks in parallel, each into its own Arrow file, and the chunks are
 joined in file order. Chunking does not depend on ``threads``, so the output bytes do not
-either (tests compare 1 and 2 processes).
+either (tests compare 1 and 2 processes). The tokenizer is loaded once, before the workers
+start, which inherit it (loading it imports torch: seconds of CPU in every worker otherwise);
+each chunk is encoded by ``encode_dataset`` (cyclic GC off while the rows are built).
 """
 from __future__ import annotations
 
@@ -72,12 +74,13 @@ def spec_for(train_spec: dict) -> dict:
 _TOKENIZER: dict = {}
 
 
-def _tokenizer(base_dir: str, use_fast: bool):
-    key = (base_dir, use_fast)
+def _tokenizer(base_dir, spec: dict):
+    """The spec's tokenizer of ``base_dir``, loaded once per process (forked workers inherit it)."""
+    key = (str(base_dir), bool((spec.get("tokenizer") or {}).get("use_fast", True)))
     if key not in _TOKENIZER:
         from reprotune.base_tokenizer import load
 
-        _TOKENIZER[key] = load(base_dir, use_fast=use_fast)
+        _TOKENIZER[key] = load(key[0], use_fast=key[1])
     return _TOKENIZER[key]
 
 
@@ -105,6 +108,8 @@ def _records(path: Path, start: int, end: int):
 
 def _table(rows: list[dict]):
     """Rows -> an Arrow table of int32 list columns (input_ids, labels) and their lengths."""
+    from itertools import chain
+
     import numpy as np
     import pyarrow as pa
 
@@ -113,7 +118,7 @@ def _table(rows: list[dict]):
     np.cumsum(lengths, out=offsets[1:])
 
     def column(key: str):
-        values = np.fromiter((t for r in rows for t in r[key]), dtype=np.int32, count=int(offsets[-1]))
+        values = np.fromiter(chain.from_iterable([r[key] for r in rows]), dtype=np.int32, count=int(offsets[-1]))
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
     return pa.table({"input_ids": column("input_ids"), "labels": column("labels"), "length": pa.array(lengths)})
@@ -129,13 +134,11 @@ def _write_arrow(table, path: Path) -> None:
 def encode_chunk(job: tuple) -> tuple[str, dict]:
     """One chunk: ``(jsonl path, start, end, spec, base_dir, arrow path)`` -> ``(arrow path, stats)``."""
     from reprotune import templates
-    from reprotune.tokenize import iter_encode, new_stats
+    from reprotune.tokenize import encode_dataset
 
     path, start, end, spec, base_dir, out = job
-    tok = _tokenizer(str(base_dir), bool((spec.get("tokenizer") or {}).get("use_fast", True)))
-    stats = new_stats()
-    rows = list(iter_encode(_records(Path(path), start, end), templates.get(spec["template"]), tok,
-                            int(spec["max_length"]), stats))
+    rows, stats = encode_dataset(_records(Path(path), start, end), templates.get(spec["template"]),
+                                 _tokenizer(base_dir, spec), int(spec["max_length"]))  # cyclic GC off meanwhile
     _write_arrow(_table(rows), Path(out))
     return out, stats
 
@@ -154,6 +157,7 @@ def _encode_file(path: Path, spec: dict, base_dir: Path, tmp: Path, threads: int
     jobs = [(str(path), a, b, spec, str(base_dir), str(tmp / f"{path.stem}-{i:05d}.arrow"))
             for i, (a, b) in enumerate(line_chunks(path, chunk_bytes))]
     if threads > 1 and len(jobs) > 1:
+        _tokenizer(base_dir, spec)  # here, not in every worker: loading it imports torch (seconds)
         with ProcessPoolExecutor(max_workers=min(threads, len(jobs))) as pool:
             results = list(pool.map(encode_chunk, jobs))
     else:
@@ -245,8 +249,7 @@ def build(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, threads: in
         table = train.data.table
         _save(table.slice(0, PROBE_ROWS), tmp / "probe", fp + "p")
         report = {"spec": spec, "train": stats,
-                  "tokenizer": describe(_tokenizer(str(base_dir), bool((spec.get("tokenizer") or {})
-                                                                       .get("use_fast", True)))),
+                  "tokenizer": describe(_tokenizer(base_dir, spec)),
                   "packing": None}
         if spec.get("packing"):
             table, report["packing"] = packed_table(table, int(spec["max_length"]))
