@@ -272,19 +272,15 @@ def _tokenizer_dir(work: Path) -> Path:
 
 # ----------------------------------------------------------------------------- peer: TRL's SFT data preparation
 PEER_TEMPLATE = "tulu"
-_ASSISTANT = "{{ '<|assistant|>\\n' + message['content'] + '</s>\\n' }}"
-_TAGGED = "{{ '<|assistant|>\\n' }}{% generation %}{{ message['content'] + '</s>\\n' }}{% endgeneration %}"
 
 
 def generation_template() -> str:
-    """The tulu chat template with ``{% generation %}`` around what the tulu template trains (the
-    answer, ``</s>`` and the newline), and the bos token first: TRL tokenizes the rendered chat
-    without special tokens, our stage with them (the tokenizer adds bos)."""
+    """The tulu template itself (its ``{% generation %}`` blocks mark what it trains: the answer,
+    ``</s>`` and the newline), with the bos token first: TRL tokenizes the rendered chat without
+    special tokens, our stage with them (the tokenizer adds bos)."""
     from reprotune import templates
 
-    plain = templates.get(PEER_TEMPLATE).chat_template
-    assert _ASSISTANT in plain, "the tulu chat template changed: update its generation-tagged copy"
-    return "{{ bos_token }}" + plain.replace(_ASSISTANT, _TAGGED)
+    return "{{ bos_token }}" + templates.get(PEER_TEMPLATE).chat_template
 
 
 def _cpu_seconds() -> float:
