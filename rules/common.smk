@@ -66,9 +66,6 @@ MIRROR = {rid: plan.repo_path(r["hub_mirror"]) for rid, r in RECIPES.items()}
 # Fixed thread count per job: CPU results (and therefore artifact bytes) must not
 # depend on how many cores a run was given.
 THREADS = 1
-# The tokenize stage's output does not depend on its process count (tests/test_dataset.py), so it
-# may use several cores (Snakemake lowers it to --cores where that is less).
-TOKENIZE_THREADS = 8
 ENV = (
     f"export PYTHONPATH={SRC} REPROTUNE_RUNTIME_LOG=1 "
     "PYTHONHASHSEED=0 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false "
@@ -99,6 +96,17 @@ def offline_env(wc):
 def _pairs(paths):
     """`name=path ...`: how the CLI takes a set of named inputs."""
     return " ".join(f"{k}={v}" for k, v in paths.items())
+
+
+def stage_threads(stage):
+    """A `threads:` function: plan.threads_for the job's recipe. The tokenize stage's output does
+    not depend on its process count (tests/test_dataset.py), so it may use several cores
+    (Snakemake lowers it to --cores where that is less; SLURM gets it as --cpus-per-task)."""
+
+    def job_threads(wildcards):
+        return plan.threads_for(stage, R(wildcards))
+
+    return job_threads
 
 
 def stage_resource(stage, key):

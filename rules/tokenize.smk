@@ -13,7 +13,7 @@ rule tokenize:
         directory("results/{recipe}/tokens/{adapter}"),
     params:
         spec=tokenize_spec,
-    threads: TOKENIZE_THREADS
+    threads: stage_threads("tokenize")
     resources:
         mem_mb=stage_resource("tokenize", "mem_mb"),
         runtime=stage_resource("tokenize", "runtime"),

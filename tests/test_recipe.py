@@ -237,6 +237,10 @@ def test_accelerate_args_follow_the_recipe():
     assert plan.resources_for("train", full, "main")["gpu"] == 8
     assert plan.resources_for("train", tiny, "main")["gpu"] == 0
     assert plan.resources_for("clean", full)["gpu"] == 0
+    # the tokenize job's processes: 8 at full scale; the tiny build's 2 fit any node (a SLURM job
+    # asking for more CPUs than a node has never starts); every other stage runs one
+    assert [plan.threads_for("tokenize", r) for r in (full, tiny)] == [8, 2]
+    assert {plan.threads_for(s, r) for s in ("download", "clean", "mix", "train", "merge") for r in (full, tiny)} == {1}
 
 
 def test_apply_overlay_none_is_full_scale():

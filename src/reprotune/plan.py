@@ -349,6 +349,15 @@ def accelerate_args(recipe: dict, adapter: str, override: str | None) -> str:
     return f"--config_file {cfg}{extra}"
 
 
+def threads_for(stage: str, recipe: dict) -> int:
+    """Processes a job of ``stage`` may use. Only the tokenize stage uses more than one (its
+    bytes do not depend on the count); the tiny build asks for 2, so that it schedules on a
+    small node (a SLURM job asking for more CPUs than any node has never starts)."""
+    if stage == "tokenize":
+        return 2 if recipe.get("scale") == "tiny" else 8
+    return 1
+
+
 def resources_for(stage: str, recipe: dict, adapter: str | None = None) -> dict:
     """Cluster resources: GPUs only where a full-scale stage needs them."""
     tiny = recipe.get("scale") == "tiny"
@@ -375,7 +384,7 @@ def provenance_inputs(recipe: dict) -> dict[str, str]:
     return out
 
 
-PROVENANCE_STAGES = ("download", "clean", "mix", "train", "merge", "evaluate")
+PROVENANCE_STAGES = ("download", "clean", "mix", "tokenize", "train", "merge", "evaluate")
 
 
 def rebuild_command(recipe: dict, overlay: str | None, containers: bool = False) -> list[str]:

@@ -30,13 +30,15 @@ def test_tiny_build_through_slurm_equals_the_local_build(ci_host, slurm_plugins,
         assert Path(log.rstrip(").")).is_file(), log  # job logs kept (slurm-keep-successful-logs)
     # inside each job the stage saw its SLURM job id (the runtime line of every rule log)
     seen = set()
-    for log in [*(tree / "logs" / RECIPE).rglob("*.log"), tree / "logs/base/tiny_base.log"]:
+    base_logs = sorted((tree / "logs" / "base").glob("*.log"))  # the twin's build and its download
+    assert len(base_logs) == 2, base_logs
+    for log in [*(tree / "logs" / RECIPE).rglob("*.log"), *base_logs]:
         if "tensorboard" in log.parts or "slurm" in log.parts:
             continue
         m = re.search(r"^reprotune [^:]+: .* slurm job: (\d+)$", log.read_text(), re.M)
         assert m, log
         seen.add(m.group(1))
-    assert seen <= slurm_ids and len(seen) >= 10
+    assert seen <= slurm_ids and len(seen) >= 12
     # nothing left in the queue, and the outputs equal the local build's, byte for byte
     assert subprocess.run(["squeue", "-h"], capture_output=True, text=True, timeout=60).stdout.strip() == ""
     assert tree_hashes(tree / "results" / RECIPE) == tree_hashes(host_results / RECIPE)
