@@ -1,6 +1,8 @@
 """Offsets-based assistant-only labels, truncation and drop counting."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from reprotune import templates
@@ -272,3 +274,104 @@ def test_encode_dataset_restores_the_garbage_collector(byte_tok):
         assert not gc.isenabled()  # left as the caller had it
     finally:
         gc.enable()
+
+
+# ---------------------------------------------------------------- labels from byte lengths
+_ALPHABET = ["a", "b", " ", "  ", "\n", "the", " fox", "</s>", "<s>", "x.", "\t", "\u0120", "\u00e9", "\u65e5\u672c",
+             "\U0001F642", "\u00a0", "\u010a\u0120", "(yes)"]
+
+
+def _random_rows(n: int, seed: int):
+    """Texts of awkward pieces (runs of spaces, literal special tokens, the byte-level alphabet's own
+    characters, multi-byte characters) with random trainable spans, on and off token boundaries."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        text = "".join(rng.choice(_ALPHABET) for _ in range(rng.randrange(0, 30)))
+        cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, rng.choice([2, 4, 6]))))
+        rows.append((text, [(a, b) for a, b in zip(cuts[::2], cuts[1::2]) if b > a]))
+    return rows
+
+
+def _byte_level_tokenizers(tmp_path_factory):
+    from transformers import PreTrainedTokenizerFast
+
+    from reprotune import bases, twin
+    from reprotune.base_tokenizer import load
+
+    out = {k: PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>")
+           for k, t in _tok_variants().items()}
+    root = tmp_path_factory.mktemp("qwen2")
+    twin.build({"profile": bases.get("Qwen/Qwen2-7B"), "seed": 0, "pretrain": {"steps": 1, "batch_size": 4}},
+               sorted(p for p in (Path(__file__).parents[1] / "fixtures" / "hub" / "datasets").rglob("*.jsonl")), root)
+    out["qwen2-twin"] = load(root / "hub" / "models" / "Qwen" / "Qwen2-7B")  # NFC, Split + ByteLevel
+    return out
+
+
+@pytest.fixture(scope="module")
+def byte_level_tokenizers(tmp_path_factory):
+    return _byte_level_tokenizers(tmp_path_factory)
+
+
+@pytest.mark.parametrize("name", ["bos", "bos_eos", "none", "qwen2-twin"])
+def test_labels_from_byte_lengths_equal_labels_from_offsets(byte_level_tokenizers, name):
+    """A byte-level BPE tokenizer is encoded without offsets (``encode_batch_fast``) and labelled from
+    its tokens' byte lengths: the same ids and labels as from the tokenizer's own offsets, on every
+    row (all of them on that path: multi-byte characters included)."""
+    from reprotune import tokenize as tk
+
+    tok = byte_level_tokenizers[name]
+    bs, backend = tk.byte_spans(tok), tk._plain_backend(tok)
+    assert bs is not None and bs.prefix == (name in ("bos", "bos_eos")) and bs.suffix == (name == "bos_eos")
+    rows = _random_rows(3000, seed=len(name))
+    texts, spans = [t for t, _ in rows], [s for _, s in rows]
+    fast = [tk._labels_bytes(e.ids, t, s, bs) for e, t, s in zip(backend.encode_batch_fast(texts), texts, spans)]
+    assert all(labels is not None for labels in fast)
+    expected = tk._label_batch(tok, backend, texts, spans)  # offsets
+    assert [(e.ids, labels) for e, labels in zip(backend.encode_batch_fast(texts), fast)] == expected
+    assert tk._label_batch(tok, backend, texts, spans, bs) == expected
+    assert sum(label != IGNORE_INDEX for _, labels in expected for label in labels) > 10_000
+
+
+def test_byte_lengths_only_where_they_are_the_offsets(byte_level_tokenizers, tmp_path):
+    """Trimmed offsets (GPT-2's ByteLevel post-processor), an added prefix space and SentencePiece
+    tokenizers are labelled from offsets; an added token that swallows spaces (lstrip) sends only
+    the rows holding it there, with the same labels."""
+    from tokenizers import AddedToken, processors
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+
+    from reprotune import tokenize as tk
+    from reprotune.tinybase import train_tokenizer
+
+    def fast(t):
+        return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>")
+
+    trimmed = train_tokenizer(["the quick fox"] * 5, vocab_size=270, min_frequency=1)
+    trimmed.post_processor = processors.ByteLevel(trim_offsets=True)
+    prefixed = train_tokenizer(["the quick fox"] * 5, vocab_size=270, min_frequency=1)
+    prefixed.pre_tokenizer = ByteLevel(add_prefix_space=True)
+    assert tk.byte_spans(fast(trimmed)) is None and tk.byte_spans(fast(prefixed)) is None
+    assert tk.byte_spans(byte_tok_sp(tmp_path)) is None
+    greedy = train_tokenizer(["the quick fox"] * 5, vocab_size=270, min_frequency=1)
+    greedy.add_special_tokens([AddedToken("<sep>", lstrip=True, rstrip=True)])
+    tok = fast(greedy)
+    bs, backend = tk.byte_spans(tok), tk._plain_backend(tok)
+    texts = ["the fox", "the  <sep>  fox", "fox<sep>"]
+    spans = [[(0, 7)], [(0, 15)], [(3, 8)]]
+    ids = [e.ids for e in backend.encode_batch_fast(texts)]
+    assert [tk._labels_bytes(i, t, s, bs) is None for i, t, s in zip(ids, texts, spans)] == [False, True, True]
+    assert tk._label_batch(tok, backend, texts, spans, bs) == tk._label_batch(tok, backend, texts, spans)
+
+
+def byte_tok_sp(tmp_path):
+    """A SentencePiece twin's fast tokenizer (Llama-2: Metaspace pieces, byte fallback)."""
+    from reprotune import bases, twin
+    from reprotune.base_tokenizer import load
+
+    twin.build({"profile": bases.get("meta-llama/Llama-2-13b-hf"), "seed": 0, "pretrain": {"steps": 1, "batch_size": 4}},
+               sorted(p for p in (Path(__file__).parents[1] / "fixtures" / "hub" / "datasets").rglob("*.jsonl")),
+               tmp_path / "llama")
+    return load(tmp_path / "llama" / "hub" / "models" / "meta-llama" / "Llama-2-13b-hf")

@@ -13,7 +13,11 @@ encoding with the text (:func:`piece_offsets`: each piece, ``▁`` read as a spa
 byte-fallback pieces as their bytes, must match the text where the previous one ended; the
 dummy-prefix space is zero-width, spaces a whitespace-collapsing normalizer removed are
 skipped). A piece that matches nowhere stops the job with a ``TokenizeError``: labels are
-exact or there are none.
+exact or there are none. A byte-level BPE tokenizer (the GPT-2 / Qwen2 / Llama-3 kind) whose
+offsets are untrimmed is encoded without offsets (``encode_batch_fast``, a quarter less time):
+its tokens tile the text, so each token's span is the running sum of the byte lengths of the
+tokens before it (:class:`ByteSpans`), the very offsets the tokenizer would report; a row where
+the sum does not come to the text's length goes through the offsets.
 
 Tokenizing once means the ids are exactly those the model sees at inference for
 the same text (no per-segment tokenization seams).  The price: a token whose span
@@ -33,7 +37,8 @@ from __future__ import annotations
 import bisect
 import gc
 import re
-from typing import Any, Iterable
+from itertools import accumulate
+from typing import Any, Iterable, NamedTuple
 
 from reprotune.templates import Template, TemplateError
 
@@ -362,7 +367,125 @@ def check_labels(samples: list[tuple[str, str, list, list, list]], tokenizer, te
             if spans else f"template {template_name!r} trains nothing in row {rid}")
 
 
-def _label_batch(tokenizer, backend, texts: list[str], spans_list: list) -> list[tuple[list[int], list[int]]]:
+# --------------------------------------------------------------------------- byte-level BPE
+_NORMALIZERS_ASCII_SAFE = {"NFC", "NFD", "NFKC", "NFKD"}  # identity on ASCII text
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """The byte-level BPE alphabet (GPT-2's): each of the 256 bytes as one printable character."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + n)] = b
+            n += 1
+    return chars
+
+
+def _components(cfg: dict | None, kind: str) -> list[dict]:
+    if not cfg:
+        return []
+    return [c for part in cfg.get(kind, []) for c in _components(part, kind)] if cfg["type"] == "Sequence" else [cfg]
+
+
+def _byte_level_ok(cfg: dict) -> bool:
+    """Whether token byte spans of this ``tokenizer.json`` tile an ASCII text exactly as its offsets do."""
+    norms = _components(cfg.get("normalizer"), "normalizers")
+    pres = _components(cfg.get("pre_tokenizer"), "pretokenizers")
+    posts = _components(cfg.get("post_processor"), "processors")
+    return (cfg.get("model", {}).get("type") == "BPE" and (cfg.get("decoder") or {}).get("type") == "ByteLevel"
+            and all(n["type"] in _NORMALIZERS_ASCII_SAFE for n in norms)
+            and any(p["type"] == "ByteLevel" for p in pres)
+            and all(p["type"] == "Split" or (p["type"] == "ByteLevel" and not p.get("add_prefix_space")) for p in pres)
+            and all(p["type"] == "TemplateProcessing" or (p["type"] == "ByteLevel" and not p.get("trim_offsets"))
+                    for p in posts))
+
+
+class ByteSpans(NamedTuple):
+    """What a byte-level BPE tokenizer's labels need without its offsets (:func:`byte_spans`).
+
+    Its tokens tile the text: each vocabulary token stands for ``nbytes[id]`` bytes of it (an added
+    token for its literal text), the post-processor's own tokens (``prefix``, ``suffix``: bos, eos)
+    for none, and nothing normalizes or trims an ASCII text, so a token's character span is the
+    running sum of the lengths before it: exactly the offsets the tokenizer would report.
+    """
+
+    nbytes: list[int]
+    prefix: int
+    suffix: int
+
+
+_BAD = -(1 << 40)  # the length of a token that has none: its row's sum check fails
+
+
+def byte_spans(tokenizer) -> ByteSpans | None:
+    """:class:`ByteSpans` of a fast byte-level BPE tokenizer; None for any other (offsets are used)."""
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not getattr(tokenizer, "is_fast", False):
+        return None
+    cfg = json.loads(backend.to_str())
+    if not _byte_level_ok(cfg):
+        return None
+    alphabet = _byte_alphabet()
+    vocab = backend.get_vocab(with_added_tokens=False)
+    nbytes = [_BAD] * (max(backend.get_vocab(with_added_tokens=True).values(), default=-1) + 1)
+    for piece, i in vocab.items():
+        nbytes[i] = len(piece) if piece and all(c in alphabet for c in piece) else _BAD  # 1 char = 1 byte
+    for i, added in backend.get_added_tokens_decoder().items():
+        plain = not (added.lstrip or added.rstrip) and added.content
+        nbytes[i] = len(added.content.encode()) if plain else _BAD
+    bare = backend.encode("a", add_special_tokens=False).ids
+    full = backend.encode("a", add_special_tokens=True).ids
+    at = next((k for k in range(len(full) - len(bare) + 1) if full[k:k + len(bare)] == bare), None)
+    if at is None or not bare:
+        return None
+    return ByteSpans(nbytes, at, len(full) - len(bare) - at)
+
+
+def _labels_bytes(ids: list[int], text: str, spans: list[tuple[int, int]], bs: ByteSpans) -> list[int] | None:
+    """Labels from the tokens' byte lengths (:class:`ByteSpans`): the same as :func:`_labels` on the
+    tokenizer's offsets; None where they do not tile the text (a length unknown).
+
+    Spans are compared in bytes. The tokenizer's character offsets of a token of bytes ``[a, b)``
+    are the characters holding byte ``a`` and byte ``b - 1``; a span starts and ends at character
+    boundaries, so a token lies inside it in characters exactly when it does in bytes."""
+    size = len(text)
+    if not text.isascii():  # characters -> bytes (ASCII: the same numbers)
+        size = len(text.encode("utf-8"))
+        spans = [(len(text[:s].encode("utf-8")), len(text[:e].encode("utf-8"))) for s, e in spans]
+    core = ids[bs.prefix:len(ids) - bs.suffix]
+    ends = list(accumulate(map(bs.nbytes.__getitem__, core)))
+    if (ends[-1] if ends else 0) != size:  # every length is >= 1, or _BAD: the sum tells
+        return None
+    labels = [IGNORE_INDEX] * len(ids)
+    for s, e in spans:
+        # token j of the core covers [ends[j-1], ends[j]): from the first starting at or after s
+        # to the last ending at or before e
+        lo = bisect.bisect_left(ends, s) + 1 if s > 0 else 0
+        hi = bisect.bisect_right(ends, e)
+        if hi > lo:
+            labels[bs.prefix + lo:bs.prefix + hi] = core[lo:hi]
+    return labels
+
+
+def _label_batch(tokenizer, backend, texts: list[str], spans_list: list,
+                 bs: ByteSpans | None = None) -> list[tuple[list[int], list[int]]]:
+    if bs is not None:  # ids only (no offsets computed), labels from the token lengths
+        out, redo = [], []
+        for i, (e, text, spans) in enumerate(zip(backend.encode_batch_fast(texts, add_special_tokens=True),
+                                                 texts, spans_list)):
+            ids = e.ids
+            labels = _labels_bytes(ids, text, spans, bs)
+            out.append((ids, labels))
+            if labels is None:
+                redo.append(i)
+        for i, row in zip(redo, _label_batch(tokenizer, backend, [texts[i] for i in redo], [spans_list[i] for i in redo])):
+            out[i] = row
+        return out
     if backend is not None:  # the Rust tokenizer directly: no Python-side BatchEncoding
         out = []
         for e, spans in zip(backend.encode_batch(texts, add_special_tokens=True), spans_list):
@@ -416,10 +539,11 @@ def _segments(template: Template, record: dict, tokenizer) -> list[tuple[str, bo
 def _render_batches(records: Iterable[dict], template: Template, tokenizer, stats: dict, batch_size: int):
     """``(ids, texts, spans)`` per batch of renderable records (unrenderable ones are counted)."""
     rids, texts, spans_list = [], [], []
+    eos, bos = tokenizer.eos_token, tokenizer.bos_token or ""  # looked up once, not per record
     for record in records:
         stats["records"] += 1
         try:
-            segments = _segments(template, record, tokenizer)
+            segments = template.render_segments(record, eos, bos)
         except TemplateError:
             stats["dropped_template"] += 1
             continue
@@ -442,11 +566,11 @@ def iter_encode(records: Iterable[dict], template: Template, tokenizer, max_leng
     """
     if max_length < 2:
         raise ValueError("max_length must be at least 2")
-    backend = _plain_backend(tokenizer)
+    backend, bs = _plain_backend(tokenizer), byte_spans(tokenizer)
     samples, held = [], []
     for rids, texts, spans_list in _render_batches(records, template, tokenizer, stats, batch_size):
         for rid, text, spans, (ids, labels) in zip(rids, texts, spans_list,
-                                                   _label_batch(tokenizer, backend, texts, spans_list)):
+                                                   _label_batch(tokenizer, backend, texts, spans_list, bs)):
             row = _keep(ids, labels, max_length, stats)
             if row is None:
                 continue

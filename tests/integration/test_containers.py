@@ -57,7 +57,7 @@ def test_tiny_build_with_use_singularity_runs_every_rule_in_the_image(cpu_image,
     shim.mkdir()
     shutil.copy2(HERE / "apptainer-podman-adapter", shim / "apptainer")  # test-only adapter
     run([str(Path(sys.executable).parent / "snakemake"), "--cores", "2", "--use-singularity",
-         "--config", f"recipes=[{RECIPE}]"], cwd=cpu_image, env=env([shim]), timeout=2400)
+         "--config", f"recipes=[{RECIPE}]"], cwd=cpu_image, env=env([shim]), timeout=1500)
     lock = _lock(cpu_image)["cpu"]
     url = f"docker://{lock['repository']}@{lock['digest']}"
     # each rule ran inside the image: its log starts with the runtime line written from within

@@ -18,7 +18,7 @@ def test_tiny_build_through_slurm_equals_the_local_build(ci_host, slurm_plugins,
     # the job environment (sbatch --export=ALL), of the jobstep snakemake inside each job
     r = run([str(REPO / "bin" / "snakemake-slurm"), "--profile", str(profile), "--config", f"recipes=[{RECIPE}]"],
             cwd=tree, env=dict(env(), REPROTUNE_PYTHON=sys.executable, REPROTUNE_SLURM_PLUGINS=str(slurm_plugins)),
-            timeout=2400)
+            timeout=1500)
     out = r.stdout + r.stderr
     submitted = re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", out)
     # every job but the target `all` (a local rule) went through sbatch
