@@ -364,6 +364,15 @@ def test_byte_lengths_only_where_they_are_the_offsets(byte_level_tokenizers, tmp
     ids = [e.ids for e in backend.encode_batch_fast(texts)]
     assert [tk._labels_bytes(i, t, s, bs) is None for i, t, s in zip(ids, texts, spans)] == [False, True, True]
     assert tk._label_batch(tok, backend, texts, spans, bs) == tk._label_batch(tok, backend, texts, spans)
+    # Qwen2 normalizes to NFC: a text NFC would change (decomposed, marks out of order) is not tiled
+    qwen = byte_level_tokenizers["qwen2-twin"]
+    bs, backend = tk.byte_spans(qwen), tk._plain_backend(qwen)
+    assert bs.normal_forms == ("NFC",)
+    texts = ["cafe\u0301 ok", "caf\u00e9 ok", "a\u0307\u0323 x"]
+    spans = [[(2, len(t))] for t in texts]
+    ids = [e.ids for e in backend.encode_batch_fast(texts)]
+    assert [tk._labels_bytes(i, t, s, bs) is None for i, t, s in zip(ids, texts, spans)] == [True, False, True]
+    assert tk._label_batch(qwen, backend, texts, spans, bs) == tk._label_batch(qwen, backend, texts, spans)
 
 
 def byte_tok_sp(tmp_path):

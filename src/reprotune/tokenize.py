@@ -37,6 +37,7 @@ from __future__ import annotations
 import bisect
 import gc
 import re
+import unicodedata
 from itertools import accumulate
 from typing import Any, Iterable, NamedTuple
 
@@ -415,6 +416,7 @@ class ByteSpans(NamedTuple):
     nbytes: list[int]
     prefix: int
     suffix: int
+    normal_forms: tuple[str, ...] = ()  # the normalizers (NFC ...): a text they would change is not tiled
 
 
 _BAD = -(1 << 40)  # the length of a token that has none: its row's sum check fails
@@ -443,7 +445,8 @@ def byte_spans(tokenizer) -> ByteSpans | None:
     at = next((k for k in range(len(full) - len(bare) + 1) if full[k:k + len(bare)] == bare), None)
     if at is None or not bare:
         return None
-    return ByteSpans(nbytes, at, len(full) - len(bare) - at)
+    forms = tuple(n["type"] for n in _components(cfg.get("normalizer"), "normalizers"))
+    return ByteSpans(nbytes, at, len(full) - len(bare) - at, forms)
 
 
 def _labels_bytes(ids: list[int], text: str, spans: list[tuple[int, int]], bs: ByteSpans) -> list[int] | None:
@@ -454,7 +457,9 @@ def _labels_bytes(ids: list[int], text: str, spans: list[tuple[int, int]], bs: B
     are the characters holding byte ``a`` and byte ``b - 1``; a span starts and ends at character
     boundaries, so a token lies inside it in characters exactly when it does in bytes."""
     size = len(text)
-    if not text.isascii():  # characters -> bytes (ASCII: the same numbers)
+    if not text.isascii():  # characters -> bytes (ASCII: the same numbers, and no normalizer changes it)
+        if not all(unicodedata.is_normalized(form, text) for form in bs.normal_forms):
+            return None
         size = len(text.encode("utf-8"))
         spans = [(len(text[:s].encode("utf-8")), len(text[:e].encode("utf-8"))) for s, e in spans]
     core = ids[bs.prefix:len(ids) - bs.suffix]
