@@ -154,7 +154,6 @@ def test_full_scale_plan_with_slurm_profile_asks_gpus_only_where_needed(tmp_path
             continue
         wc = dict(re.findall(r"(\w+)=([^,\s]+)", (re.search(r"^\s+wildcards: (.*)$", block, re.M) or [None, ""])[1]))
         res = dict(re.findall(r"(\w+)=([^,\s]*)", re.search(r"^\s+resources: (.*)$", block, re.M).group(1)))
-        res["threads"] = (re.search(r"^\s+threads: (\d+)$", block, re.M) or [None, "1"])[1]
         jobs.append((m.group(1), wc, res))
     by_rule = {}
     for rule, wc, res in jobs:
@@ -171,9 +170,9 @@ def test_full_scale_plan_with_slurm_profile_asks_gpus_only_where_needed(tmp_path
             assert int(res.get("gpu", 0)) == 0 and res["slurm_partition"] == "cpu", (rule, wc, res)
     for rule in ("merge", "evaluate"):
         assert all(int(res["gpu"]) == 1 for wc, res in by_rule[rule])
-    # the tokenize stage is the one multi-process CPU job (8 at full scale; SLURM gets --cpus-per-task)
-    assert len(by_rule["tokenize"]) == 7 and {res["threads"] for _, res in by_rule["tokenize"]} == {"8"}
-    assert {res["threads"] for rule, _, res in jobs if rule != "tokenize"} == {"1"}
+    # the tokenize stage, a CPU job of its own: on the cpu partition, with the profile's 8 CPUs
+    assert len(by_rule["tokenize"]) == 7
+    assert all(res["slurm_partition"] == "cpu" and res["cpus_per_task"] == "8" for _, res in by_rule["tokenize"])
     assert {wc["recipe"] for wc, _ in by_rule["train"]} == {
         "dolphin-orca-platypus-70b", "fashiongpt-v1.1", "llama2-13b-orca-8k", "tulu-v2-qlora-70b", "orca-mini-13b"}
     # every job asks for the warning signal before its time limit (profiles/slurm: preemption)
@@ -224,7 +223,7 @@ def test_provenance_spec_records_the_image_of_every_stage_only_under_containers(
     spec = plan.provenance_spec(full, None, images)
     cpu, cuda = (f"docker://registry.example/reprotune-{n}@{DIGESTS[n]}" for n in ("cpu", "cuda"))
     assert spec["containers"] == {"clean": cpu, "download": cpu, "evaluate": cuda, "merge": cuda, "mix": cpu,
-                                  "train": cuda}
+                                  "tokenize": cpu, "train": cuda}
     assert spec["command"][:4] == ["snakemake", "--cores", "all", "--use-singularity"]
 
 
