@@ -348,12 +348,6 @@ def child_trl(work: Path) -> dict:
             "trainable_tokens": sum(len(x) - x.count(-100) - (x[0] != -100) for x in prepared["labels"])}
 
 
-def _tree_digest(d: Path) -> dict[str, str]:
-    from reprotune.io import sha256_file
-
-    return {p.relative_to(d).as_posix(): sha256_file(p) for p in sorted(d.rglob("*")) if p.is_file()}
-
-
 PEER_RUNS = {"stage1": ["--child", "stage", "--threads", "1"], "stage2": ["--child", "stage", "--threads", "2"],
              "trl": ["--child", "trl"], "floor": ["--child", "floor"]}
 
@@ -370,13 +364,15 @@ def peer(root: Path, tokdir: Path, n: int, repeat: int) -> None:
     """Our tokenize stage (1 and 2 processes) against TRL's SFT data preparation on the same N rows;
     ``repeat`` interleaved rounds, the fastest run of each kind kept (another load on the machine
     only ever slows a run down)."""
+    from reprotune.verify import tree_hashes
+
     work = root / f"peer{n}"
     (work / "data").mkdir(parents=True, exist_ok=True)
     size = write_chat_jsonl(work / "data" / "train.jsonl", n)
     rounds = [_peer_round(work, tokdir) for _ in range(repeat)]
     res = {k: min((r[k] for r in rounds), key=lambda x: x["seconds"]) for k in PEER_RUNS}
     one, trl = res["stage1"], res["trl"]
-    assert _tree_digest(work / "tokens1") == _tree_digest(work / "tokens2"), "1- and 2-process outputs differ"
+    assert tree_hashes(work / "tokens1") == tree_hashes(work / "tokens2"), "1- and 2-process outputs differ"
     assert trl["trainable_tokens"] == one["stats"]["trainable_tokens"], (trl, one["stats"])
     print(f"\npeer: {n:,} rows ({size / 1e6:.0f} MB train.jsonl, {one['chunks']} chunks), template {PEER_TEMPLATE}, "
           f"tiny tokenizer; trained tokens: ours {one['stats']['trainable_tokens']:,}, "

@@ -295,18 +295,22 @@ def _random_rows(n: int, seed: int):
     return rows
 
 
-def _byte_level_tokenizers(tmp_path_factory):
-    from transformers import PreTrainedTokenizerFast
-
+def _twin_tokenizer(base_id: str, root: Path):
+    """The tokenizer of a base's twin (one pre-training step: only the tokenizer is used)."""
     from reprotune import bases, twin
     from reprotune.base_tokenizer import load
 
+    twin.build({"profile": bases.get(base_id), "seed": 0, "pretrain": {"steps": 1, "batch_size": 4}},
+               sorted(p for p in (Path(__file__).parents[1] / "fixtures" / "hub" / "datasets").rglob("*.jsonl")), root)
+    return load(root / "hub" / "models" / base_id)
+
+
+def _byte_level_tokenizers(tmp_path_factory):
+    from transformers import PreTrainedTokenizerFast
+
     out = {k: PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>")
            for k, t in _tok_variants().items()}
-    root = tmp_path_factory.mktemp("qwen2")
-    twin.build({"profile": bases.get("Qwen/Qwen2-7B"), "seed": 0, "pretrain": {"steps": 1, "batch_size": 4}},
-               sorted(p for p in (Path(__file__).parents[1] / "fixtures" / "hub" / "datasets").rglob("*.jsonl")), root)
-    out["qwen2-twin"] = load(root / "hub" / "models" / "Qwen" / "Qwen2-7B")  # NFC, Split + ByteLevel
+    out["qwen2-twin"] = _twin_tokenizer("Qwen/Qwen2-7B", tmp_path_factory.mktemp("qwen2"))  # NFC, Split + ByteLevel
     return out
 
 
@@ -354,7 +358,8 @@ def test_byte_lengths_only_where_they_are_the_offsets(byte_level_tokenizers, tmp
     prefixed = train_tokenizer(["the quick fox"] * 5, vocab_size=270, min_frequency=1)
     prefixed.pre_tokenizer = ByteLevel(add_prefix_space=True)
     assert tk.byte_spans(fast(trimmed)) is None and tk.byte_spans(fast(prefixed)) is None
-    assert tk.byte_spans(byte_tok_sp(tmp_path)) is None
+    # SentencePiece (Llama-2's fast tokenizer: Metaspace pieces, byte fallback)
+    assert tk.byte_spans(_twin_tokenizer("meta-llama/Llama-2-13b-hf", tmp_path)) is None
     greedy = train_tokenizer(["the quick fox"] * 5, vocab_size=270, min_frequency=1)
     greedy.add_special_tokens([AddedToken("<sep>", lstrip=True, rstrip=True)])
     tok = fast(greedy)
@@ -373,14 +378,3 @@ def test_byte_lengths_only_where_they_are_the_offsets(byte_level_tokenizers, tmp
     ids = [e.ids for e in backend.encode_batch_fast(texts)]
     assert [tk._labels_bytes(i, t, s, bs) is None for i, t, s in zip(ids, texts, spans)] == [True, False, True]
     assert tk._label_batch(qwen, backend, texts, spans, bs) == tk._label_batch(qwen, backend, texts, spans)
-
-
-def byte_tok_sp(tmp_path):
-    """A SentencePiece twin's fast tokenizer (Llama-2: Metaspace pieces, byte fallback)."""
-    from reprotune import bases, twin
-    from reprotune.base_tokenizer import load
-
-    twin.build({"profile": bases.get("meta-llama/Llama-2-13b-hf"), "seed": 0, "pretrain": {"steps": 1, "batch_size": 4}},
-               sorted(p for p in (Path(__file__).parents[1] / "fixtures" / "hub" / "datasets").rglob("*.jsonl")),
-               tmp_path / "llama")
-    return load(tmp_path / "llama" / "hub" / "models" / "meta-llama" / "Llama-2-13b-hf")

@@ -99,7 +99,8 @@ def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False
 
 @lru_cache(maxsize=64)
 def _fast(source: str):
-    """``source`` compiled in a sandboxed environment with the marking generation extension."""
+    """``source`` compiled in a sandboxed environment with the marking generation extension, and a
+    copy of its globals (:func:`_render_fast` builds each context from it)."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
