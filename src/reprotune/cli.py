@@ -46,6 +46,12 @@ def cmd_validate(a) -> int:
     return 0
 
 
+def cmd_import_card(a) -> int:
+    from .cardimport import cli as import_cli
+
+    return import_cli.run(Path(a.card), a.id, Path(a.out), a.base_revision, a.force)
+
+
 def cmd_twin(a) -> int:
     from . import twin
 
@@ -175,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overlay")
     s.set_defaults(fn=cmd_validate)
 
+    s = sub.add_parser("import-card", help="draft a recipe from a model card (every guess listed, TODOs for the rest)")
+    s.add_argument("card", help="the model card (README.md) to read")
+    s.add_argument("--id", required=True, help="the recipe id (also the file name recipes/<id>.yaml)")
+    s.add_argument("--out", required=True, help="where to write the draft")
+    s.add_argument("--base-revision", default=None, help="pin base_model.revision (a commit sha)")
+    s.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    s.set_defaults(fn=cmd_import_card)
     s = sub.add_parser("twin", help="build the twin of a base model (a one-repo mirror in the real layout)")
     s.add_argument("--spec", required=True, help="JSON: {profile, seed, pretrain}")
     s.add_argument("--texts", nargs="+", required=True, help="files whose text trains the tokenizer and pre-trains")

@@ -323,12 +323,31 @@ def apply_defaults(recipe: dict) -> dict:
     return r
 
 
+def todos(data: Any, at: tuple = ()) -> list[tuple[str, str]]:
+    """Every ``"TODO: <question>"`` string left in a recipe (an ``import-card`` draft), by key path."""
+    if isinstance(data, dict):
+        return [t for k, v in data.items() for t in todos(v, (*at, str(k)))]
+    if isinstance(data, list):   # a TODO inside a list is the list's: "files: ['TODO: ...']"
+        return [t for v in data for t in todos(v, at)]
+    if isinstance(data, str) and data.startswith("TODO:"):
+        return [(".".join(at), data[len("TODO:"):].strip())]
+    return []
+
+
+def check_todos(data: Any, source: str) -> None:
+    left = todos(data)
+    if left:
+        listed = "; ".join(f"key '{k}' ({q})" for k, q in left)
+        raise RecipeError(f"{source}: {len(left)} TODO{'s' if len(left) > 1 else ''} left: {listed}")
+
+
 def load_recipe(path: str | Path, overlay: str | Path | dict | None = None) -> dict:
     """Load, merge ``defaults``, validate, overlay and re-validate one recipe. Raises RecipeError."""
     path = Path(path)
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping at the top level")
+    check_todos(data, str(path))
     data = apply_defaults(data)
     validate(data, "recipe", str(path))
     resolve_templates(data, path)

@@ -1,0 +1,159 @@
+"""Unit tests of the card importer's parts (reprotune.cardimport); whole cards are in
+tests/test_cardimport_fixtures.py."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reprotune.cardimport import draft, emit, markdown, values
+from reprotune.recipe import RecipeError, check_todos, todos
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_collapsed_card_is_restored():
+    flat = ("--- license: mit base_model: org/base-7b datasets: - org/data-a - org/data-b --- # Title Text "
+            "The model is a fine-tune of a base model, described in a sentence that is long enough. "
+            "## Training hyperparameters The following were used: - learning_rate: 1e-4 - num_epochs: 2 "
+            "## Prompt ``` <|user|> {user} <|assistant|> ```")
+    card = markdown.parse(flat)
+    assert card.collapsed
+    assert card.meta == {"license": "mit", "base_model": "org/base-7b", "datasets": ["org/data-a", "org/data-b"]}
+    assert [b.text for b in card.blocks if b.kind == "bullet"] == ["learning_rate: 1e-4", "num_epochs: 2"]
+    assert {b.where for b in card.blocks if b.kind == "bullet"} == {"Title Text > Training hyperparameters"}
+    assert [b.text for b in card.blocks if b.kind == "fence"] == ["<|user|> {user} <|assistant|>"]
+
+
+def test_intact_card_is_not_collapsed():
+    text = "# T\n\n" + "\n".join(f"- key{i}: {i}" for i in range(50))
+    assert not markdown.parse(text).collapsed
+
+
+@pytest.mark.parametrize("parser,raw,want", [
+    ("float", "3e-4", 3e-4), ("float", "1.0e-05", 1e-5), ("int", "16", 16), ("int", "2.5", None),
+    ("ratio", "3%", 0.03), ("ratio", "0.1", 0.1), ("gpus", "8xA100(80G)", 8), ("gpus", "16 x H100", 16),
+    ("deepspeed", "ZERO-2", "zero2"), ("deepspeed", "ZeRO stage 3", "zero3"), ("deepspeed", "configs/ds.json", None),
+    ("method", "QLoRA(NF4)", "qlora"), ("method", False, "full"), ("method", "LoRA", "lora"),
+    ("scheduler", "cosine with warmup", "cosine"), ("precision", "bfloat16", "bf16"), ("flag_bf16", "auto", "bf16"),
+    ("seed", "0xe1291f1a", 3777568538), ("length", "8k", 8192), ("modules", "all linear layers", "all-linear"),
+    ("optimizer", "paged_adamw_8bit", "paged_adamw_8bit"), ("warmup", "100", ("warmup_steps", 100)),
+])
+def test_value_parsers(parser, raw, want):
+    assert values.PARSERS[parser](raw) == want
+
+
+def test_adam_arguments():
+    assert values.adam_args("Adam with betas=(0.9,0.95) and epsilon=1e-06") == {
+        "adam_beta1": 0.9, "adam_beta2": 0.95, "adam_epsilon": 1e-6}
+
+
+CARD = """---
+license: apache-2.0
+base_model: mistralai/Mistral-7B-v0.1
+datasets: [Open-Orca/OpenOrca]
+---
+# Test model
+
+A test model: a fine-tune of Mistral 7B with LoRA on a sample of OpenOrca, for the unit tests here.
+
+## Training
+
+| Parameter | Value |
+|---|---|
+| LoRA rank | 8 |
+| LoRA alpha | 16 |
+| Learning rate | 2e-4 |
+| Per-device batch size | 4 |
+| Gradient accumulation steps | 2 |
+| GPUs | 8 |
+| Total batch size | 100 |
+| Max length | 1024 |
+
+```yaml
+learning_rate: 1e-4
+num_train_epochs: 2
+warmup_steps: 5
+```
+
+## Usage
+
+```python
+prompt = f"### System:\\n{system}\\n\\n### User:\\n{instruction}\\n\\n### Response:\\n"
+```
+"""
+
+
+def test_contradictions_are_notes_not_silent():
+    d = draft(CARD, "test-model")
+    tr = d.recipe["adapters"]["main"]["train"]
+    assert tr["learning_rate"] == 1e-4   # the fenced config is the most explicit source
+    lr = [n for n in d.notes if n.startswith("Contradiction: learning_rate")]
+    assert len(lr) == 1 and "0.0002" in lr[0] and "0.0001" in lr[0]
+    batch = [n for n in d.notes if "total batch 100" in n]
+    assert batch and batch[0].startswith("Contradiction:") and "= 64" in batch[0]
+    assert d.sources["adapters.main.train.learning_rate"].startswith("Training (fenced config")
+
+
+def test_prompt_from_python_string_is_a_builtin():
+    d = draft(CARD, "test-model")
+    assert d.recipe["adapters"]["main"]["template"] == "orca_mini"
+    assert "string in a Python block" in d.sources["adapters.main.template"]
+
+
+def test_link_text_naming_another_repo_is_a_contradiction():
+    card = ("# M\n\n## Datasets\n\nTrained on [org/data-Sample](https://huggingface.co/datasets/org/data) "
+            "and nothing else, in a sentence long enough to be the description.\n")
+    d = draft(card, "m")
+    assert [s["repo"] for s in d.recipe["sources"].values()] == ["org/data-Sample"]
+    assert any(n.startswith("Contradiction: a link reads org/data-Sample but points to org/data") for n in d.notes)
+
+
+def test_base_guessed_from_title_size_and_license_with_a_note():
+    card = "---\nlicense: llama2\n---\n# Some_Tune_LLaMA_13b\n\nA model, described in one sentence that is long.\n"
+    d = draft(card, "some")
+    assert d.recipe["base_model"]["id"] == "meta-llama/Llama-2-13b-hf"
+    assert any("names no base model id" in n for n in d.notes)
+
+
+def test_no_base_no_data_are_todos():
+    d = draft("# Nothing\n\nA card that says nothing about how the model was built, at some length.\n", "x")
+    keys = [k for k, _ in d.todos]
+    for key in ("base_model.id", "sources.data.repo", "adapters.main.train.learning_rate",
+                "adapters.main.train.max_length", "adapters.main.template", "card.license"):
+        assert key in keys
+    assert sorted(keys) == sorted(k for k, _ in todos(d.recipe))
+
+
+def test_validate_lists_every_todo_in_one_line():
+    recipe = {"a": "TODO: first?", "b": {"c": ["TODO: second?"], "d": 1}}
+    with pytest.raises(RecipeError) as e:
+        check_todos(recipe, "r.yaml")
+    assert str(e.value) == "r.yaml: 2 TODOs left: key 'a' (first?); key 'b.c' (second?)"
+
+
+def test_yaml_keeps_multiline_and_odd_strings():
+    data = {"card": {"citations": ["@misc{x,\n  title={A}, \n}\n", "  leading\nspaces\n"], "t": "a: b # c",
+                     "n": ["TODO: x?", 1.0e-5]}}
+    text = emit.dump(data, {("card", "t"): "somewhere"}, ["header"])
+    assert yaml.safe_load(text) == data
+    assert "# from: somewhere" in text
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "reprotune", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_cli_bad_id_and_unreadable_card_are_one_line_errors(tmp_path):
+    card = tmp_path / "c.md"
+    card.write_bytes(b"\xff\xfe not utf-8")
+    for args in (["import-card", str(card), "--id", "Bad_Id", "--out", str(tmp_path / "o.yaml")],
+                 ["import-card", str(card), "--id", "ok", "--out", str(tmp_path / "o.yaml")]):
+        r = _cli(*args)
+        assert r.returncode == 2
+        errors = [ln for ln in r.stderr.splitlines() if not ln.startswith("INFO")]
+        assert len(errors) == 1 and errors[0].startswith("reprotune: error:"), r.stderr
+    assert not (tmp_path / "o.yaml").exists()
