@@ -157,3 +157,37 @@ def test_cli_bad_id_and_unreadable_card_are_one_line_errors(tmp_path):
         errors = [ln for ln in r.stderr.splitlines() if not ln.startswith("INFO")]
         assert len(errors) == 1 and errors[0].startswith("reprotune: error:"), r.stderr
     assert not (tmp_path / "o.yaml").exists()
+
+
+def test_damaged_cards_never_raise():
+    """Cut, spliced and collapsed versions of the fixture cards, and front matter of the wrong
+    types: always a draft (TODOs for what is gone), and its YAML reads back to it."""
+    import random
+
+    texts = [p.read_text(encoding="utf-8") for p in sorted((ROOT / "tests/data/cards").glob("*.md"))]
+    cases = ["", "---\n---\n", "---\nlicense: [unclosed\n---\n# x\n", "```\nunclosed fence", "# \n## \n- \n* :\n",
+             "---\nbase_model: 5\ndatasets: 7\nlanguage: 3\nlicense: 4\nmodel-index: 9\nlibrary_name: [a]\n---\n",
+             "---\nmodel-index:\n- results:\n  - dataset: 5\n    metrics: 7\n---\n"]
+    rng = random.Random(0)
+    for t in texts:
+        for _ in range(15):
+            a = rng.randrange(len(t))
+            b = rng.randrange(a, len(t) + 1)
+            cases += [t[:a] + t[b:], t[a:b], t.replace("\n", " ")[a:]]
+    for text in cases:
+        d = draft(text, "x")
+        assert yaml.safe_load(d.yaml) == d.recipe
+        assert sorted(k for k, _ in d.todos) == sorted(k for k, _ in todos(d.recipe))
+
+
+def test_fixed_preamble_becomes_the_default_system_prompt():
+    card = ("# V\n\nA chat fine-tune, described in a sentence that is long enough to be one.\n\n## Prompt\n\n```\n"
+            "A chat between a user and an assistant.\n\nUSER: {prompt}\nASSISTANT:\n```\n")
+    d = draft(card, "v")
+    from reprotune import templates
+
+    t = templates.get(d.recipe["adapters"]["main"]["template"])
+    one = {"messages": [{"role": "user", "content": "Hi"}]}
+    assert t.render_prompt(one, eos="</s>") == "A chat between a user and an assistant.\n\nUSER: Hi\nASSISTANT:"
+    assert t.render_prompt({**one, "system": "Be brief."}, eos="</s>") == "Be brief.\n\nUSER: Hi\nASSISTANT:"
+    assert any("No built-in template renders" in n for n in d.notes)

@@ -57,7 +57,7 @@ def _known(text: str) -> str | None:
 def evidence(card: Card, title: str) -> list[Evidence]:
     found = []
     fm = card.meta.get("base_model")
-    for repo in ([fm] if isinstance(fm, str) else fm or []):
+    for repo in fm if isinstance(fm, list) else [fm]:
         if isinstance(repo, str) and re.fullmatch(_ID, repo.strip()):
             found.append(Evidence(repo.strip(), size_of(repo), "front matter 'base_model'", 0))
     for b in card.blocks:

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import yaml
 
+from . import values
 from .facts import config_blocks
 from .markdown import Card
 
@@ -63,7 +64,7 @@ def _by_name() -> dict[str, str]:
 def mentions(card: Card) -> list[Mention]:
     found: list[Mention] = []
     fm = card.meta.get("datasets") or []
-    for repo in [fm] if isinstance(fm, str) else fm:
+    for repo in fm if isinstance(fm, list) else [fm]:
         if isinstance(repo, str) and re.fullmatch(_ID, repo.strip()):
             found.append(Mention(repo.strip(), "front matter 'datasets'", "front_matter"))
     for b, cfg in config_blocks(card):
@@ -158,10 +159,9 @@ def _config_shares(block, data: dict) -> dict[str, list[Share]]:
         if not isinstance(name, str):
             continue
         opts = opts if isinstance(opts, dict) else {}
-        frac = opts.get("fraction", comment.get(norm(name)))
+        frac = values.ratio(opts.get("fraction", comment.get(norm(name))))
         where = f"{sec} (fenced config, datasets '{name}')"
-        out.setdefault(norm(name), []).append(
-            Share(float(frac) if frac is not None else None, False, opts.get("max_val_set"), where, str(item)))
+        out.setdefault(norm(name), []).append(Share(frac, False, values.as_int(opts.get("max_val_set")), where, str(item)))
     return out
 
 

@@ -42,7 +42,8 @@ class Unread(NamedTuple):
 
 
 def norm_key(key: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", re.sub(r"[*`]", "", str(key)).lower()).strip("_")
+    key = re.sub(r"[*`]", "", str(key)).replace("α", "alpha").replace("#", "num ")
+    return re.sub(r"[^a-z0-9]+", "_", key.lower()).strip("_")
 
 
 @lru_cache(maxsize=None)
@@ -132,6 +133,10 @@ _GPU = r"(?:NVIDIA\s+)?(?:A100|H100|H200|H800|A800|V100|A6000|A40|L40S?|A10G?|RT
 # (setting, pattern, group holding the value, parser, kind)
 PROSE = [
     ("learning_rate", rf"learning[ _-]?rate\s*(?:of|was|is|:|=|at)?\s*{_N}", 1, "float", "prose"),
+    ("learning_rate", rf"\blr\s*[=:]\s*{_N}", 1, "float", "prose"),
+    ("lr_scheduler", r"\b(cosine|linear|constant)\s+(?:learning[ _-]rate\s+|lr\s+)?(?:schedul|decay|annealing|warm)", 1,
+     "scheduler", "prose"),
+    ("weight_decay", rf"weight[ _-]decay\s*(?:of|was|is|:|=)?\s*{_N}", 1, "float", "prose"),
     ("epochs", rf"\b{_N}\s+epochs?\b", 1, "number", "prose"),
     ("epochs", r"\bepochs?\s*(?:of|:|=)\s*(\d+)", 1, "number", "prose"),
     ("total_batch_size", r"(?:global|total|effective)\s+batch[ _-]?size\s*(?:of|was|is|:|=)?\s*(\d+)", 1, "int", "prose"),
@@ -141,13 +146,15 @@ PROSE = [
     ("gradient_accumulation_steps", r"gradient[ _-]accumulation(?:\s+steps)?\s*(?:of|:|=)\s*(\d+)", 1, "int", "prose"),
     ("num_gpus", rf"\b(\d+)\s*[x×]\s*{_GPU}", 1, "int", "prose"),
     ("num_gpus", rf"\b(\d+)\s+(?:{_GPU}\s+)?GPUs\b", 1, "int", "prose"),
+    ("num_gpus", rf"\b(\d+)\s+{_GPU}s?\b", 1, "int", "prose"),
     ("lora.r", r"\b(?:lora\s+)?rank\s*(?:of|:|=|r\s*=)?\s*(\d+)\b|\br\s*=\s*(\d+)\b", (1, 2), "int", "prose"),
     ("lora.alpha", r"\b(?:lora[ _-])?alpha\s*(?:of|:|=)?\s*(\d+)\b", 1, "int", "prose"),
     ("lora.dropout", rf"\b(?:lora[ _-])?dropout\s*(?:of|:|=)?\s*{_N}", 1, "ratio", "prose"),
     ("deepspeed", r"\bzero[\s_-]*(?:stage[\s_-]*)?([0-3])\b|deepspeed\s+stage[\s_-]*([0-3])", (1, 2), "deepspeed", "prose"),
-    ("max_length", r"(?:context\s+(?:size|length|window)|max(?:imum)?\s+(?:sequence\s+|seq\s+)?length|sequence\s+length)\s*(?:of|was|is|:|=)?\s*(\d+)", 1, "length", "prose"),
+    ("max_length", r"(?:context\s+(?:size|length|window)|max(?:imum)?\s+(?:sequence\s+|seq\s+|input\s+)?length|sequence\s+length|cutoff\s+length)\s*(?:of|was|is|:|=)?\s*(\d+)", 1, "length", "prose"),
     ("warmup_ratio", rf"warm[- ]?up\s+(?:ratio\s+)?(?:of\s+)?{_N}\s*%", 1, "float_percent", "prose"),
-    ("warmup_steps", r"(\d+)\s+warm[- ]?up\s+steps", 1, "int", "prose"),
+    ("warmup_ratio", rf"warm[- ]?up\s+ratio\s*(?:of|was|is|:|=)?\s*{_N}(?!\s*%)", 1, "ratio", "prose"),
+    ("warmup_steps", r"(\d+)\s+warm[- ]?up\s+steps|warm[- ]?up\s+(?:of\s+)?(\d+)\s+steps", (1, 2), "int", "prose"),
     ("rope_linear", r"linear\s+(?:scaling\s+of\s+)?rope|rope\s+(?:scaling|interpolation)[^.]{0,30}\blinear", 0, "const_linear", "prose"),
     ("rope_scaling.factor", rf"(?:rope|scaling)[^.]{{0,40}}?\bfactor\s*(?:of|:|=)?\s*{_N}", 1, "float", "prose"),
     ("method", r"\bqlora\b", 0, "method", "mention"),

@@ -43,8 +43,8 @@ def title(card: Card, recipe_id: str) -> tuple[str, str]:
 
 def language(card: Card) -> tuple[list[str] | None, str]:
     lang = card.meta.get("language")
-    if lang:
-        return ([lang] if isinstance(lang, str) else [str(x) for x in lang]), "front matter 'language'"
+    if isinstance(lang, str) or isinstance(lang, list) and lang and all(isinstance(x, str) for x in lang):
+        return ([lang] if isinstance(lang, str) else list(lang)), "front matter 'language'"
     for b in card.blocks:
         m = re.match(r"\**\s*language\(?s?\)?[^:]*:\**\s*(.*)", b.text, re.I) if b.kind == "bullet" else None
         if m:
@@ -67,11 +67,14 @@ def license_(card: Card) -> dict[str, tuple[Any, str]]:
     where_body = f"{body.where.split(' > ')[-1]} (bullet 'License')" if body else ""
     if fm:
         out["license"] = (str(fm), "front matter 'license'")
+        for key in ("license_name", "license_link"):
+            if card.meta.get(key):
+                out[key] = (str(card.meta[key]), f"front matter '{key}'")
     elif known:
         out["license"] = (known, where_body)
     elif plain:
         out["license"] = ("other", where_body)
-    if out.get("license", ("",))[0] == "other" and plain:
+    if out.get("license", ("",))[0] == "other" and plain and "license_name" not in out:
         slug = known or re.sub(r"[^a-z0-9]+", "-", plain.lower()).strip("-")
         out["license_name"] = (slug, where_body)
         if link:
@@ -123,15 +126,21 @@ def _task(name: str) -> str | None:
     return next((task for pat, task in RESULTS if re.search(pat, name, re.I)), None)
 
 
+def _model_index_results(index: Any) -> list[dict]:
+    entries = index if isinstance(index, list) else []
+    return [r for e in entries if isinstance(e, dict) and isinstance(e.get("results"), list)
+            for r in e["results"] if isinstance(r, dict)]
+
+
 def reported_results(card: Card) -> tuple[dict[str, float], str]:
     out: dict[str, float] = {}
-    for entry in card.meta.get("model-index") or []:
-        for res in (entry or {}).get("results") or [] if isinstance(entry, dict) else []:
-            ds = res.get("dataset") or {}
-            task = _task(f"{ds.get('type', '')} {ds.get('name', '')}")
-            metric = (res.get("metrics") or [{}])[0]
-            if task and isinstance(metric.get("value"), (int, float)):
-                out.setdefault(task, float(metric["value"]))
+    for res in _model_index_results(card.meta.get("model-index")):
+        ds = res.get("dataset") if isinstance(res.get("dataset"), dict) else {}
+        task = _task(f"{ds.get('type', '')} {ds.get('name', '')}")
+        metrics = res.get("metrics") if isinstance(res.get("metrics"), list) else []
+        value = metrics[0].get("value") if metrics and isinstance(metrics[0], dict) else None
+        if task and isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.setdefault(task, float(value))
     if out:
         return out, "front matter 'model-index'"
     for b in card.blocks:

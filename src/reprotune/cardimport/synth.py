@@ -17,7 +17,9 @@ from reprotune import templates
 from . import prompt
 
 _PLACEHOLDER = re.compile(r"\{\{?\s*([A-Za-z_][\w ]{0,30}?)\s*\}?\}|\b(system message|user prompt|user message|"
-                          r"assistant (?:message|response)|Q\d|A\d)\b")
+                          r"assistant (?:message|response)|Q\d|A\d)\b|"
+                          r"<((?:your |the )?(?:prompt|instruction|question|message|input|system prompt|"
+                          r"system message|answer|response|user message|model answer)(?: here)?)>", re.I)
 _ROLE_WORDS = [("system", r"sys"), ("assistant", r"^(?:a\d?|assistant.*|response|answer|output|gpt|bot|model|"
                                                 r"completion|reply)$"),
                ("input", r"^input$"), ("user", r".")]
@@ -31,7 +33,7 @@ def _role(name: str) -> str:
 def _placeholders(text: str) -> list[tuple[str, int, int]]:
     out = []
     for m in _PLACEHOLDER.finditer(text):
-        out.append((_role(m.group(1) or m.group(2)), m.start(), m.end()))
+        out.append((_role(m.group(1) or m.group(2) or m.group(3)), m.start(), m.end()))
     if out and all(r == "user" for r, _, _ in out) and len(out) in (2, 3):   # unnamed: by order
         roles = ["user", "assistant"] if len(out) == 2 else ["system", "user", "assistant"]
         out = [(r, s, e) for r, (_, s, e) in zip(roles, out)]
@@ -56,12 +58,15 @@ def _parts(text: str) -> dict[str, str] | None:
     if first_user > 1 or (first_user == 1 and roles[0] != "system"):
         return None
     seq = marks[:first_user + 3]
-    p = {"sys_pre": "", "sys_post": "", "user_pre": "", "user_post": "", "asst_pre": "", "asst_post": None}
+    p = {"preamble": "", "sys_pre": "", "sys_post": "", "user_pre": "", "user_post": "", "asst_pre": "",
+         "asst_post": None}
     cursor = 0
     for i, (role, s, e) in enumerate(seq):
         lit = text[cursor:s]
         prev = seq[i - 1][0] if i else None
-        if prev is None:
+        if prev is None and role == "user" and "\n" in lit.strip("\n") or prev is None and len(lit) > 40:
+            p["preamble"], p["user_pre"] = _split(lit)    # a fixed text once at the top: the default system prompt
+        elif prev is None:
             p[f"{_key(role)}_pre"] = lit
         else:
             post, pre = _split(lit)
@@ -88,8 +93,13 @@ def _q(s: str) -> str:
 
 def _jinja(p: dict, name: str) -> str:
     end = _q(p["asst_post"]) if p["asst_post"] else "eos_token"
+    pre, sep = p["preamble"].rstrip(), p["preamble"][len(p["preamble"].rstrip()):]
+    if pre:   # the card's fixed text before the first turn stands where a system prompt would
+        p = {**p, "sys_pre": "", "sys_post": sep}
+    top = (f"{{%- if messages[0]['role'] != 'system' or not messages[0]['content'] -%}}{{{{- {_q(p['preamble'])} -}}}}"
+           "{%- endif -%}\n") if pre else ""
     return (
-        f"{{#- {name}: built by `reprotune import-card` from the card's prompt block -#}}\n"
+        f"{{#- {name}: built by `reprotune import-card` from the card's prompt block -#}}\n" + top +
         "{%- for message in messages -%}\n"
         "    {%- if message['role'] == 'system' -%}\n"
         f"        {{%- if message['content'] -%}}{{{{- {_q(p['sys_pre'])} + message['content'] + {_q(p['sys_post'])} -}}}}"

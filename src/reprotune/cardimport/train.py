@@ -85,9 +85,10 @@ def _adapter_settings(t: Block, method: str) -> None:
     if method == "qlora":
         found = [k for k in ("quantization.quant_type", "quantization.double_quant", "quantization.compute_dtype")
                  if t.take(k)]
-        if "quantization.quant_type" not in found and "nf4" in str(t.best["method"].raw).lower():
+        stated = t.best.get("method")
+        if "quantization.quant_type" not in found and stated and "nf4" in str(stated.raw).lower():
             t.values["quantization.quant_type"] = "nf4"
-            t.where["quantization.quant_type"] = t.best["method"].where
+            t.where["quantization.quant_type"] = stated.where
             found.append("quantization.quant_type")
         if len(found) < 3:
             t.values.setdefault("quantization", {})
