@@ -191,3 +191,38 @@ def test_fixed_preamble_becomes_the_default_system_prompt():
     assert t.render_prompt(one, eos="</s>") == "A chat between a user and an assistant.\n\nUSER: Hi\nASSISTANT:"
     assert t.render_prompt({**one, "system": "Be brief."}, eos="</s>") == "Be brief.\n\nUSER: Hi\nASSISTANT:"
     assert any("No built-in template renders" in n for n in d.notes)
+
+
+def test_inline_prompt_sizes_columns_and_batch_wording():
+    card = """---
+base_model: meta-llama/Llama-2-13b-hf
+datasets: [garage-bAInd/Open-Platypus, Open-Orca/OpenOrca]
+---
+# Wide 13B
+
+A family of fine-tunes, described here in one sentence long enough to be the description.
+
+## Training
+
+| Setting | 7B | 13B |
+|---|---|---|
+| Learning rate | 3e-4 | 1e-4 |
+| Batch size | 8 per GPU | 4 per GPU |
+| RoPE scaling | none | linear, factor 2 |
+
+Data: Open-Platypus (100%) and OpenOrca (~10%).
+
+## Prompt format
+
+Prompt with `<|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n`.
+"""
+    d = draft(card, "wide")
+    tr = d.recipe["adapters"]["main"]["train"]
+    assert (tr["learning_rate"], tr["per_device_batch_size"]) == (1e-4, 4)
+    assert tr["rope_scaling"] == {"type": "linear", "factor": 2.0}
+    assert "column '13B'" in d.sources["adapters.main.train.learning_rate"]
+    assert d.recipe["adapters"]["main"]["data"]["mix"] == {"open_platypus": {"fraction": 1.0},
+                                                           "openorca": {"fraction": 0.1}}
+    assert any("approximate share for Open-Orca/OpenOrca" in n for n in d.notes)
+    assert d.recipe["adapters"]["main"]["template"] == "chatml"
+    assert d.sources["adapters.main.template"].startswith("Prompt format (inline code)")

@@ -133,6 +133,10 @@ def shares(card: Card) -> dict[str, list[Share]]:
                           m.group(0).strip()))
     for b in card.blocks:
         if b.kind in ("para", "bullet"):
+            for m in _SHARE_AFTER.finditer(b.text):
+                out.setdefault(norm(m.group(1)), []).append(
+                    Share(min(float(m.group(3)) / 100, 1.0), bool(m.group(2)), None,
+                          f"{b.where.split(' > ')[-1]} (mix '{m.group(0).strip()}')", m.group(0).strip()))
             for m in _WHOLE.finditer(re.sub(r"\]\([^)]*\)", "]", b.text)):
                 name = (m.group(1) or m.group(2)).strip("[]`*")
                 out.setdefault(norm(name), []).append(

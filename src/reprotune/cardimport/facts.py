@@ -74,14 +74,27 @@ def _parsed(setting: str, parser: str, raw: Any, where: str, kind: str, text: st
         yield Fact(setting, value, text, where, kind)
 
 
-def _pairs_from_blocks(blocks: list[Block]) -> Iterator[tuple[str, Any, str, str, str]]:
+def _value_column(header: tuple, size: str | None) -> int:
+    """Which column of a settings table holds this model's values: the one whose header names the
+    model's size ("| Setting | 7B | 13B |"), else the first after the names."""
+    for i, cell in enumerate(header[1:], start=1):
+        m = re.search(r"(?<![\w.])(\d+(?:\.\d+)?)\s*[bB]\b", cell)
+        if size and m and f"{m.group(1)}b" == size:
+            return i
+    return 1
+
+
+def _pairs_from_blocks(blocks: list[Block], size: str | None = None) -> Iterator[tuple[str, Any, str, str, str]]:
     """(card key, raw value, where, kind, wording) from tables and bullets."""
     for b in blocks:
         sec = _section(b.where)
         if b.kind == "table":
+            col = _value_column(b.rows[0], size) if len(b.rows) > 1 else 1
+            named = f", column '{b.rows[0][col]}'" if len(b.rows[0]) > 2 and col < len(b.rows[0]) else ""
             for row in b.rows[1:] if len(b.rows) > 1 else b.rows:
-                if len(row) >= 2 and row[0] and row[1]:
-                    yield row[0], row[1], f"{sec} (table row '{row[0].strip('*')}')", "table", f"{row[0]} | {row[1]}"
+                if len(row) > col and row[0] and row[col]:
+                    yield (row[0], row[col], f"{sec} (table row '{row[0].strip('*')}'{named})", "table",
+                           f"{row[0]} | {row[col]}")
         elif b.kind == "bullet":
             m = re.match(r"\**\s*([^:=*]{1,60}?)\s*\**\s*[:=]\s*\**\s*(.+?)\s*$", b.text)
             if m:
@@ -120,9 +133,15 @@ def _from_configs(card: Card) -> Iterator[Fact | Unread]:
             yield from _parsed(*hit, v, where, "config", f"{path[-1]}: {v}")
 
 
+def _title_size(card: Card) -> str | None:
+    title = next((b.where.split(" > ")[0] for b in card.blocks if b.where), "")
+    m = re.search(r"(?<![A-Za-z0-9.])(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])", title)
+    return f"{m.group(1)}b" if m else None
+
+
 def _from_pairs(card: Card) -> Iterator[Fact | Unread]:
     table = key_table()
-    for key, raw, where, kind, text in _pairs_from_blocks(card.blocks):
+    for key, raw, where, kind, text in _pairs_from_blocks(card.blocks, _title_size(card)):
         hit = table.get(norm_key(key))
         if hit:
             yield from _parsed(*hit, raw, where, kind, text)

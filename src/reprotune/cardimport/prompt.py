@@ -64,6 +64,22 @@ def candidates(card: Card) -> list[Candidate]:
             out += [Candidate(s, f"{sec} (string in a Python block)") for s in _strings(b.text)]
         elif b.lang in ("", "text", "txt", "markdown", "md", "plaintext", "jinja") and 0 < len(b.text) < 2000:
             out.append(Candidate(b.text, f"{sec} (code block)"))
+    return out + _inline(card)
+
+
+_PROMPT_SECTION = re.compile(r"prompt|template|format|usage|conversation|chat", re.I)
+
+
+def _inline(card: Card) -> list[Candidate]:
+    """Inline code in a prompt section that looks like a format ("`USER: {prompt} ASSISTANT:`");
+    a written "\\n" stands for a newline."""
+    out = []
+    for b in card.blocks:
+        if b.kind not in ("para", "bullet") or not _PROMPT_SECTION.search(b.where):
+            continue
+        for code in re.findall(r"`([^`\n]{8,400})`", b.text):
+            if re.search(r"\{\w+\}|<\|\w+\|>|###|\[INST\]", code):
+                out.append(Candidate(code.replace("\\n", "\n"), f"{b.where.split(' > ')[-1]} (inline code)"))
     return out
 
 

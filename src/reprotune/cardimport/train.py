@@ -2,6 +2,7 @@
 was inferred, what is left as a TODO)."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .facts import Fact
@@ -140,6 +141,12 @@ def batch(t: Block) -> None:
                                              "total_batch_size", "batch_size"))
     for key in ("per_device_batch_size", "gradient_accumulation_steps", "num_gpus"):
         t.take(key)
+    wording = str(t.best["batch_size"].raw).lower() if b is not None else ""
+    if b is not None and p is None and re.search(r"per[ -]?(?:device|gpu)|/\s*gpu", wording):
+        p = b
+        t.values["per_device_batch_size"], t.where["per_device_batch_size"] = b, t.best["batch_size"].where
+    elif b is not None and total is None and re.search(r"total|global|effective", wording):
+        total = b
     if b is not None and p is None and total is None:
         if n and n > 1 and b % n == 0:
             total = b

@@ -149,6 +149,11 @@ def deepspeed(v: Any) -> str | None:
 
 
 def rope(v: Any) -> dict | None:
+    """{type: linear, factor} (a mapping, or "linear, factor 2" / "linear (x4)"); other kinds are
+    not read (the recipe schema has linear scaling only)."""
+    if isinstance(v, str):
+        m = re.search(rf"linear\D{{0,20}}?({_NUM})", v, re.I)
+        return {"type": "linear", "factor": float(m.group(1))} if m and float(m.group(1)) > 1 else None
     if isinstance(v, dict):
         kind = str(v.get("type") or v.get("rope_type") or "").lower()
         factor = v.get("factor", v.get("scale"))
