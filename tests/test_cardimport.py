@@ -226,3 +226,9 @@ Prompt with `<|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n`.
     assert any("approximate share for Open-Orca/OpenOrca" in n for n in d.notes)
     assert d.recipe["adapters"]["main"]["template"] == "chatml"
     assert d.sources["adapters.main.template"].startswith("Prompt format (inline code)")
+
+
+def test_datasets_of_one_name_get_distinct_sources():
+    d = draft("---\ndatasets: [a/data, b/data, c/data]\n---\n# T\n\nA description long enough to be one here.\n", "t")
+    assert [(k, v["repo"]) for k, v in d.recipe["sources"].items()] == [
+        ("data", "a/data"), ("data_2", "b/data"), ("data_3", "c/data")]

@@ -178,7 +178,11 @@ def _sources(card: markdown.Card, acc: _Acc) -> tuple[dict, dict]:
         if stated and share is None and len(repos) > 1:
             acc.notes.append(f"{repo} is named in the card ({where}) but not in its stated mix: left out.")
             continue
-        name = data.source_name(repo)
+        name = base = data.source_name(repo)
+        n = 1
+        while name in sources:    # org1/data and org2/data
+            n += 1
+            name = f"{base}_{n}"
         sources[name] = _source(repo, name, where, acc)
         mix[name] = _mix_entry(repo, name, share, len(repos), stated, acc)
     if not sources:

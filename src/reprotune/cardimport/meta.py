@@ -113,7 +113,8 @@ def links(card: Card) -> dict[str, str]:
             continue
         for url in re.findall(r"https?://[^\s)>\]]+", b.text):
             url = url.rstrip(".,;")
-            key = ("paper" if "arxiv.org" in url else "repository" if "github.com" in url else
+            code_repo = re.match(r"https?://github\.com/[\w.-]+/[\w.-]+", url)   # not a user's page
+            key = ("paper" if "arxiv.org" in url else "repository" if code_repo else
                    "wandb" if "wandb.ai" in url else None)
             if key:
                 n = 1 + sum(1 for k in out if k.startswith(key))
