@@ -232,3 +232,17 @@ def test_datasets_of_one_name_get_distinct_sources():
     d = draft("---\ndatasets: [a/data, b/data, c/data]\n---\n# T\n\nA description long enough to be one here.\n", "t")
     assert [(k, v["repo"]) for k, v in d.recipe["sources"].items()] == [
         ("data", "a/data"), ("data_2", "b/data"), ("data_3", "c/data")]
+
+
+def test_reported_results_pick_the_eval_suite():
+    v2 = ("# M\n\nA description of the model that is long enough to be the description.\n\n"
+          "## Open LLM Leaderboard Evaluation Results\n\n| Metric | Value |\n|---|---|\n| Avg. | 20.1 |\n"
+          "| IFEval (0-Shot) | 55.2 |\n| BBH (3-Shot) | 30.1 |\n| MATH Lvl 5 (4-Shot) | 5.0 |\n"
+          "| GPQA (0-shot) | 6.2 |\n| MuSR (0-shot) | 8.8 |\n| MMLU-PRO (5-shot) | 25.3 |\n")
+    d = draft(v2, "m")
+    assert d.recipe["card"]["reported_results"] == {
+        "leaderboard_ifeval": 55.2, "leaderboard_bbh": 30.1, "leaderboard_math_hard": 5.0,
+        "leaderboard_gpqa": 6.2, "leaderboard_musr": 8.8, "leaderboard_mmlu_pro": 25.3}
+    assert d.recipe["eval"]["suite"] == "open_llm_v2"
+    assert draft("# M\n\nNo results here, only a long enough description line.\n", "m").recipe["eval"]["suite"] \
+        == "open_llm_v1"

@@ -148,10 +148,7 @@ def draft(text: str, recipe_id: str, base_revision: str | None = None) -> Draft:
         acc.notes.append("The card describes several adapters combined into one model; the draft has one adapter "
                          "(main): split its data and training per adapter and set merge.method combine.")
     recipe["merge"] = _merge(train, acc)
-    recipe["eval"] = {"suite": "open_llm_v1", "batch_size": 1}
-    acc.notes.append("eval.suite open_llm_v1 is reprotune's default suite" + (
-        ", the one of the Open LLM Leaderboard results the card reports." if recipe["card"].get("reported_results")
-        else ", not something the card states."))
+    recipe["eval"] = _eval(recipe["card"].get("reported_results") or {}, acc)
     recipe["card"]["notes"] = acc.notes
     return _finish(recipe, acc)
 
@@ -310,6 +307,17 @@ def _seed(tb, acc: _Acc) -> int:
         return tb.values["seed"]
     acc.notes.append("The card states no seed: data.seed is reprotune's default 42.")
     return 42
+
+
+def _eval(results: dict, acc: _Acc) -> dict:
+    """The Open LLM Leaderboard suite whose tasks the card reports (v2 when it reports v2 tasks);
+    open_llm_v1 when it reports none."""
+    v2 = any(task.startswith("leaderboard_") for task in results)
+    suite = "open_llm_v2" if v2 else "open_llm_v1"
+    acc.at(("eval", "suite"), "the tasks of card.reported_results" if results else "")
+    acc.notes.append(f"eval.suite {suite}: " + ("the suite of the results the card reports." if results else
+                                               "reprotune's default suite; the card reports no results."))
+    return {"suite": suite, "batch_size": 1}
 
 
 def _merge(train: dict, acc: _Acc) -> dict:

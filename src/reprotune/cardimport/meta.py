@@ -17,6 +17,9 @@ LICENSES = [  # how cards write a license -> the Hub's license id
 LANGUAGES = {"english": "en", "chinese": "zh", "french": "fr", "german": "de", "spanish": "es", "japanese": "ja",
              "korean": "ko", "russian": "ru", "portuguese": "pt", "italian": "it"}
 RESULTS = [  # an evaluation name (table row, model-index dataset) -> the lm-eval task of the eval presets
+    (r"ifeval", "leaderboard_ifeval"), (r"\bbbh\b|big[ -]?bench[ -]?hard", "leaderboard_bbh"),
+    (r"math[ _-]?(?:lvl|level|hard)", "leaderboard_math_hard"), (r"gpqa", "leaderboard_gpqa"),
+    (r"musr", "leaderboard_musr"), (r"mmlu[ _-]?pro", "leaderboard_mmlu_pro"),
     (r"\barc\b|ai2 reasoning", "arc_challenge"), (r"hellaswag", "hellaswag"), (r"mmlu", "mmlu"),
     (r"truthful", "truthfulqa_mc2"), (r"winogrande", "winogrande"), (r"gsm8k|gsm-8k", "gsm8k"),
 ]
