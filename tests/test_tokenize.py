@@ -378,3 +378,43 @@ def test_byte_lengths_only_where_they_are_the_offsets(byte_level_tokenizers, tmp
     ids = [e.ids for e in backend.encode_batch_fast(texts)]
     assert [tk._labels_bytes(i, t, s, bs) is None for i, t, s in zip(ids, texts, spans)] == [True, False, True]
     assert tk._label_batch(qwen, backend, texts, spans, bs) == tk._label_batch(qwen, backend, texts, spans)
+
+
+# ---------------------------------------------------------------- rendering for the batched path
+def _random_records(n: int, seed: int):
+    """Records of the awkward pieces of ``_random_rows`` (and decomposed characters a normalizer would
+    change), one to three turns, some long enough to be truncated, some plain text."""
+    import random
+
+    rng = random.Random(seed)
+    pieces = _ALPHABET + ["e\u0301", "a\u0307\u0323", " " * 5]
+
+    def text(k):
+        return "".join(rng.choice(pieces) for _ in range(rng.randrange(0, k)))
+
+    out = []
+    for i in range(n):
+        if i % 9 == 0:
+            out.append({"id": f"t/{i}", "source": "t", "text": text(40)})
+            continue
+        turns = [text(60 if i % 4 == 0 else 15) for _ in range(2 * rng.randrange(1, 4))]
+        out.append(rec(*turns, system=text(8) if i % 3 else "") | {"id": f"r/{i}"})
+    return out
+
+
+def test_render_spans_are_the_segments(byte_tok):
+    """``Template.render_spans``: the text and trainable spans of ``render_segments``, every template."""
+    from reprotune.tokenize import _trainable_spans
+
+    records = _random_records(200, seed=5) + [rec("q", ""), {"id": "e", "source": "t", "text": ""}]
+    for name in templates.names():
+        t = templates.get(name)
+        for r in records:
+            for eos, bos in (("</s>", "<s>"), ("", "")):
+                try:
+                    segments = t.render_segments(r, eos, bos)
+                except templates.TemplateError:
+                    with pytest.raises(templates.TemplateError):
+                        t.render_spans(r, eos, bos)
+                    continue
+                assert t.render_spans(r, eos, bos) == ("".join(s for s, _ in segments), _trainable_spans(segments))

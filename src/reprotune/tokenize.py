@@ -553,13 +553,13 @@ def _render_batches(records: Iterable[dict], template: Template, tokenizer, stat
     for record in records:
         stats["records"] += 1
         try:
-            segments = template.render_segments(record, eos, bos)
+            text, spans = template.render_spans(record, eos, bos)  # = the segments' text, _trainable_spans
         except TemplateError:
             stats["dropped_template"] += 1
             continue
         rids.append(record.get("id", stats["records"] - 1))
-        texts.append("".join([t for t, _ in segments]))
-        spans_list.append(_trainable_spans(segments))
+        texts.append(text)
+        spans_list.append(spans)
         if len(texts) >= batch_size:
             yield rids, texts, spans_list
             rids, texts, spans_list = [], [], []
