@@ -82,6 +82,42 @@ def test_rows_are_the_in_process_encoding(env, tmp_path, packing):
     assert (out / "val").is_dir() and 0 < report["val"]["kept"] <= 20 and len(val) == len(want)
 
 
+@pytest.fixture(scope="module")
+def qwen_env(tmp_path_factory):
+    """A byte-level BPE base (the Qwen2 twin's tokenizer: labels from byte lengths, NFC) and rows with
+    multi-byte characters, runs of spaces and decomposed ones NFC would change (those go by offsets)."""
+    root = tmp_path_factory.mktemp("dataset-qwen")
+    base = root / "base"
+    base.mkdir()
+    twin.write_tokenizer(CORPUS, bases.get("Qwen/Qwen2-7B"), base)
+    (base / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    def extra(i):
+        answer = ("cafe\u0301 " if i % 4 == 0 else "") + "\U0001F642  ok" * (i % 5)
+        return {"id": f"u/{i}", "source": "u", "system": "",
+                "messages": [{"role": "user", "content": f"caf\u00e9 {i}   \u65e5\u672c?" + " x" * (i % 40)},
+                             {"role": "assistant", "content": answer}]}
+
+    (root / "data").mkdir()
+    (root / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*_records(300), *map(extra, range(120))]))
+    return root
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_byte_level_rows_are_the_in_process_encoding(qwen_env, tmp_path, packing):
+    from reprotune import tokenize
+
+    report = dataset.build(_spec(packing), qwen_env / "data", qwen_env / "base", tmp_path / "tokens")
+    tok = base_tokenizer.load(qwen_env / "base")
+    assert tokenize.byte_spans(tok) is not None
+    rows, stats = encode_dataset(read_jsonl(qwen_env / "data" / "train.jsonl"), templates.get("tulu"), tok, 96)
+    assert report["train"] == stats and stats["truncated"] > 0 and stats["kept"] == len(rows) > 200
+    want = pack(rows, 96)[0] if packing else rows
+    got = dataset.load(tmp_path / "tokens").rows[:]
+    for key in (("input_ids", "labels", "position_ids", "seq_lens") if packing else ("input_ids", "labels")):
+        assert got[key] == [r[key] for r in want], key
+    assert got["length"] == [len(r["input_ids"]) for r in want]
+
+
 def test_bytes_do_not_depend_on_workers_or_chunks(env, tmp_path):
     one = dataset.build(_spec(True), env / "data", env / "base", tmp_path / "one", threads=1)
     two = dataset.build(_spec(True), env / "data", env / "base", tmp_path / "two", threads=2, chunk_bytes=4096)

@@ -405,3 +405,28 @@ def test_marker_characters_in_content_take_the_reference_path():
     text, spans = engine.render(t.chat_template, msgs, "<s>", "</s>")
     assert "\ue000" in text and "\ue001" in text
     assert (text, spans) == engine.render_reference(t.chat_template, msgs, "<s>", "</s>")
+
+
+def test_unmark_finds_every_marker():
+    """``engine._unmark`` (``str.find``) cuts the markers as a regex scan does, in any order or nesting."""
+    import random
+    import re
+
+    from reprotune.templates.engine import CLOSE, OPEN, _unmark
+
+    def by_regex(marked):
+        text, spans, length, start, at = [], [], 0, 0, 0
+        for m in re.finditer(f"[{OPEN}{CLOSE}]", marked):
+            text.append(marked[at:m.start()])
+            length += m.start() - at
+            if m.group() == OPEN:
+                start = length
+            else:
+                spans.append((start, length))
+            at = m.end()
+        return "".join(text) + marked[at:], spans
+
+    rng = random.Random(0)
+    for _ in range(5000):
+        marked = "".join(rng.choice(["a", "bb", OPEN, CLOSE, " ", "\u00e9"]) for _ in range(rng.randrange(0, 12)))
+        assert _unmark(marked) == by_regex(marked), marked

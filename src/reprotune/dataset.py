@@ -3,7 +3,7 @@
 ``build(spec, data_dir, base_dir, out_dir, threads=1)`` runs in a CPU job (rule ``tokenize``)
 between ``mix`` and ``train``: it renders every row of ``train.jsonl`` / ``val.jsonl`` with the
 adapter's template, encodes it with the base tokenizer (assistant-only labels, truncation:
-``reprotune.tokenize.iter_encode``, the label sanity check included) and, when the adapter
+``reprotune.tokenize.encode_columns``, the label sanity check included) and, when the adapter
 packs, packs the train rows (``reprotune.tokenize.pack_plan``). Output (atomic directory)::
 
     out_dir/train/        datasets ``save_to_disk``: int32 columns input_ids, labels, length
@@ -22,7 +22,8 @@ worker processes encode chunks in parallel, each into its own Arrow file, and th
 joined in file order. Chunking does not depend on ``threads``, so the output bytes do not
 either (tests compare 1 and 2 processes). The tokenizer is loaded once, before the workers
 start, which inherit it (loading it imports torch: seconds of CPU in every worker otherwise);
-each chunk is encoded by ``encode_dataset`` (cyclic GC off while the rows are built).
+each chunk is encoded by ``encode_columns`` (the rows of ``encode_dataset`` as flat arrays, a batch
+at a time), whose arrays become the Arrow columns as they are.
 """
 from __future__ import annotations
 
@@ -106,22 +107,20 @@ def _records(path: Path, start: int, end: int):
                 yield json.loads(line)
 
 
-def _table(rows: list[dict]):
-    """Rows -> an Arrow table of int32 list columns (input_ids, labels) and their lengths."""
-    from itertools import chain
-
+def _table(cols):
+    """Encoded rows (``reprotune.tokenize.Columns``) -> an Arrow table of int32 list columns
+    (input_ids, labels) and their lengths, built from the flat arrays as they are."""
     import numpy as np
     import pyarrow as pa
 
-    lengths = np.fromiter((len(r["input_ids"]) for r in rows), dtype=np.int32, count=len(rows))
-    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    lengths = cols.lengths.astype(np.int32)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
 
-    def column(key: str):
-        values = np.fromiter(chain.from_iterable([r[key] for r in rows]), dtype=np.int32, count=int(offsets[-1]))
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    def column(values):
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.int32, copy=False)))
 
-    return pa.table({"input_ids": column("input_ids"), "labels": column("labels"), "length": pa.array(lengths)})
+    return pa.table({"input_ids": column(cols.input_ids), "labels": column(cols.labels), "length": pa.array(lengths)})
 
 
 def _write_arrow(table, path: Path) -> None:
@@ -134,12 +133,12 @@ def _write_arrow(table, path: Path) -> None:
 def encode_chunk(job: tuple) -> tuple[str, dict]:
     """One chunk: ``(jsonl path, start, end, spec, base_dir, arrow path)`` -> ``(arrow path, stats)``."""
     from reprotune import templates
-    from reprotune.tokenize import encode_dataset
+    from reprotune.tokenize import encode_columns
 
     path, start, end, spec, base_dir, out = job
-    rows, stats = encode_dataset(_records(Path(path), start, end), templates.get(spec["template"]),
-                                 _tokenizer(base_dir, spec), int(spec["max_length"]))  # cyclic GC off meanwhile
-    _write_arrow(_table(rows), Path(out))
+    cols, stats = encode_columns(_records(Path(path), start, end), templates.get(spec["template"]),
+                                 _tokenizer(base_dir, spec), int(spec["max_length"]))
+    _write_arrow(_table(cols), Path(out))
     return out, stats
 
 

@@ -27,6 +27,12 @@ to the end of its header); only that one token loses its label.
 Truncation keeps the first ``max_length`` tokens; a record with no trainable
 token left is dropped (``None``) and counted by ``encode_dataset``.
 
+The tokenize stage takes the same rows as flat arrays (:func:`encode_columns`): per batch, a
+byte-level BPE tokenizer's labels from numpy over all its tokens (a token's span is a running sum
+of byte lengths, ``np.cumsum``; it is trained iff inside a trainable span, ``np.searchsorted``),
+truncation and drops over the batch, no per-row lists or dicts; rows the byte lengths cannot label
+go through the offsets as in ``encode_dataset``, which the tests compare it with row for row.
+
 Label sanity (:func:`check_labels`, run by ``encode_dataset`` on the first rows it keeps):
 the trained tokens of a row must decode to its answers. A template/tokenizer pair that
 trains only end-of-turn tokens, or tokens outside the answers (offsets that do not match
@@ -39,7 +45,7 @@ import gc
 import re
 import unicodedata
 import weakref
-from itertools import accumulate
+from itertools import accumulate, chain
 from typing import Any, Iterable, NamedTuple
 
 from reprotune.templates import Template, TemplateError
@@ -407,6 +413,7 @@ class ByteSpans(NamedTuple):
     prefix: int
     suffix: int
     normal_forms: tuple[str, ...] = ()  # the normalizers (NFC ...): a text they would change is not tiled
+    table: Any = None  # nbytes as an int64 numpy array (the columnar path, :func:`_labels_columns`)
 
 
 _BAD = -(1 << 40)  # the length of a token that has none: its row's sum check fails
@@ -451,7 +458,9 @@ def _byte_spans(backend) -> ByteSpans | None:
     at = next((k for k in range(len(full) - len(bare) + 1) if full[k:k + len(bare)] == bare), None)
     if at is None or not bare:
         return None
-    return ByteSpans(nbytes, at, len(full) - len(bare) - at, forms)
+    import numpy as np
+
+    return ByteSpans(nbytes, at, len(full) - len(bare) - at, forms, np.array(nbytes, dtype=np.int64))
 
 
 def _labels_bytes(ids: list[int], text: str, spans: list[tuple[int, int]], bs: ByteSpans) -> list[int] | None:
@@ -553,13 +562,13 @@ def _render_batches(records: Iterable[dict], template: Template, tokenizer, stat
     for record in records:
         stats["records"] += 1
         try:
-            segments = template.render_segments(record, eos, bos)
+            text, spans = template.render_spans(record, eos, bos)  # = the segments' text, _trainable_spans
         except TemplateError:
             stats["dropped_template"] += 1
             continue
         rids.append(record.get("id", stats["records"] - 1))
-        texts.append("".join([t for t, _ in segments]))
-        spans_list.append(_trainable_spans(segments))
+        texts.append(text)
+        spans_list.append(spans)
         if len(texts) >= batch_size:
             yield rids, texts, spans_list
             rids, texts, spans_list = [], [], []
@@ -632,6 +641,189 @@ def encode_dataset(
         if gc_was_enabled:
             gc.enable()
     return rows, stats
+
+
+# --------------------------------------------------------------------------- columnar (the tokenize stage)
+class Columns(NamedTuple):
+    """Encoded rows as flat arrays: row ``i`` is ``input_ids[o[i]:o[i + 1]]`` (the same of ``labels``),
+    ``o`` the running sum of ``lengths`` (:func:`_row_offsets`). int32 ids and labels, int64 lengths."""
+
+    input_ids: Any
+    labels: Any
+    lengths: Any
+
+
+def _row_offsets(lengths):
+    """``[0, l0, l0 + l1, ...]`` (int64): where each row starts in the flat arrays, and the end."""
+    import numpy as np
+
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
+def encode_columns(records: Iterable[dict], template: Template, tokenizer, max_length: int,
+                   batch_size: int = 1000) -> tuple[Columns, dict[str, int]]:
+    """The rows and counts of :func:`encode_dataset` as :class:`Columns` (what the tokenize stage writes).
+
+    Each batch goes through flat arrays instead of per-row lists and dicts: a byte-level BPE tokenizer's
+    labels come from numpy over the batch's tokens (:func:`_labels_columns`; rows it cannot tile go
+    through the offsets, as in :func:`_label_batch`), any other tokenizer's from :func:`_label_batch`;
+    truncation and drops are decided over the batch (:func:`_keep_columns`). The label sanity check
+    sees the same rows at the same point (when a kept row follows the first :data:`SANITY_ROWS`).
+    Tests compare it with :func:`encode_dataset` row for row.
+    """
+    import numpy as np
+
+    if max_length < 2:
+        raise ValueError("max_length must be at least 2")
+    stats = new_stats()
+    backend, bs = _plain_backend(tokenizer), byte_spans(tokenizer)
+    parts, samples, held = [], [], 0  # held: the kept rows seen so far, until the check is done
+    for rids, texts, spans_list in _render_batches(records, template, tokenizer, stats, batch_size):
+        cols, rows, truncated = _keep_columns(_batch_columns(tokenizer, backend, texts, spans_list, bs),
+                                              max_length, stats)
+        parts.append(cols)
+        if held <= SANITY_ROWS:
+            take = min(SANITY_ROWS - held, len(rows))
+            o = _row_offsets(cols.lengths[:take])
+            samples += [(rids[r], texts[r], spans_list[r], cols.input_ids[o[k]:o[k + 1]].tolist(),
+                         cols.labels[o[k]:o[k + 1]].tolist()) for k, r in enumerate(rows[:take]) if not truncated[k]]
+            held += take + (len(rows) > take)  # past SANITY_ROWS: a kept row follows them
+            if held > SANITY_ROWS:
+                check_labels(samples, tokenizer, template.name)
+    if held <= SANITY_ROWS:
+        check_labels(samples, tokenizer, template.name)
+    empty = np.zeros(0, dtype=np.int32)
+    return Columns(*(np.concatenate([empty.astype(dt)] + [c[i] for c in parts])
+                     for i, dt in enumerate((np.int32, np.int32, np.int64)))), stats
+
+
+def _batch_columns(tokenizer, backend, texts: list[str], spans_list: list, bs: ByteSpans | None) -> Columns:
+    """:func:`_label_batch`'s ids and labels of one batch, as :class:`Columns`."""
+    import numpy as np
+
+    if bs is None:
+        rows = _label_batch(tokenizer, backend, texts, spans_list)
+        lengths = np.fromiter((len(ids) for ids, _ in rows), dtype=np.int64, count=len(rows))
+        total = int(lengths.sum())
+        return Columns(np.fromiter(chain.from_iterable([ids for ids, _ in rows]), dtype=np.int32, count=total),
+                       np.fromiter(chain.from_iterable([lab for _, lab in rows]), dtype=np.int32, count=total),
+                       lengths)
+    ids_list = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=True)]
+    lengths = np.fromiter(map(len, ids_list), dtype=np.int64, count=len(ids_list))
+    ids = np.fromiter(chain.from_iterable(ids_list), dtype=np.int32, count=int(lengths.sum()))
+    labels, redo = _labels_columns(ids, lengths, texts, spans_list, bs)
+    cols = Columns(ids, labels, lengths)
+    if redo:  # through the offsets, as _label_batch does
+        cols = _splice(cols, redo, _label_batch(tokenizer, backend, [texts[i] for i in redo],
+                                                [spans_list[i] for i in redo]))
+    return cols
+
+
+def _splice(cols: Columns, at: list[int], rows: list[tuple[list[int], list[int]]]) -> Columns:
+    """``cols`` with the rows ``at`` (ascending) replaced by ``rows`` (``(ids, labels)`` lists)."""
+    import numpy as np
+
+    o, lengths = _row_offsets(cols.lengths), cols.lengths.copy()
+    ids, labels, prev = [], [], 0
+    for i, (row_ids, row_labels) in zip(at, rows):
+        ids += [cols.input_ids[o[prev]:o[i]], np.array(row_ids, dtype=np.int32)]
+        labels += [cols.labels[o[prev]:o[i]], np.array(row_labels, dtype=np.int32)]
+        lengths[i], prev = len(row_ids), i + 1
+    ids.append(cols.input_ids[o[prev]:])
+    labels.append(cols.labels[o[prev]:])
+    return Columns(np.concatenate(ids), np.concatenate(labels), lengths)
+
+
+def _byte_rows(texts: list[str], spans_list: list, bs: ByteSpans):
+    """Each text's size in bytes (-1 where a normalizer would change it: not tiled) and its spans in bytes."""
+    import numpy as np
+
+    sizes = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    spans_b = spans_list
+    for i, text in enumerate(texts):
+        if text.isascii():  # characters are bytes
+            continue
+        if spans_b is spans_list:
+            spans_b = list(spans_list)
+        if not all(unicodedata.is_normalized(form, text) for form in bs.normal_forms):
+            sizes[i], spans_b[i] = -1, []
+            continue
+        sizes[i] = len(text.encode("utf-8"))
+        spans_b[i] = [(len(text[:s].encode("utf-8")), len(text[:e].encode("utf-8"))) for s, e in spans_list[i]]
+    return sizes, spans_b
+
+
+def _labels_columns(ids, lengths, texts: list[str], spans_list: list, bs: ByteSpans):
+    """:func:`_labels_bytes` of every row of a batch at once: ``(labels, rows it cannot tile)``.
+
+    The batch's tokens are laid end to end on one byte axis (each token as long as its bytes, the
+    post-processor's own ``prefix``/``suffix`` tokens zero-width): a row tiles when its tokens' bytes
+    add up to its text's; its spans, shifted to where the row starts on the axis, are then sorted and
+    disjoint across the batch, and a token is trained iff it lies inside the last span starting at
+    or before it (``np.searchsorted``): the run :func:`_labels_bytes` bisects for."""
+    import numpy as np
+
+    sizes, spans_b = _byte_rows(texts, spans_list, bs)
+    o = _row_offsets(lengths)
+    nb = bs.table[ids]
+    for j in range(bs.prefix):  # zero-width: the post-processor's tokens
+        nb[o[:-1][lengths > j] + j] = 0
+    for j in range(1, bs.suffix + 1):
+        nb[o[1:][lengths >= j] - j] = 0
+    ok = sizes >= 0
+    bad = nb < 0  # a token of unknown length: its row is not tiled
+    if bad.any():
+        nbad = _row_offsets(bad)
+        ok &= nbad[o[1:]] == nbad[o[:-1]]
+        nb[bad] = 0
+    end = _row_offsets(nb)  # end[k]: where token k starts on the axis; end[k + 1]: where it ends
+    base = end[o]
+    ok &= base[1:] - base[:-1] == sizes
+    rows = np.flatnonzero(ok).tolist() if not ok.all() else range(len(texts))
+    counts = np.fromiter((len(spans_b[r]) for r in rows), dtype=np.int64, count=len(rows))
+    flat = np.fromiter(chain.from_iterable(chain.from_iterable([spans_b[r] for r in rows])), dtype=np.int64,
+                       count=2 * int(counts.sum()))
+    shift = np.repeat(base[:-1][np.asarray(rows, dtype=np.int64)], counts)
+    starts, ends = flat[0::2] + shift, flat[1::2] + shift
+    k = np.searchsorted(starts, end[:-1], side="right") - 1
+    inside = (k >= 0) & (nb > 0)
+    if len(ends):
+        inside &= end[1:] <= ends[np.maximum(k, 0)]
+    else:
+        inside[:] = False
+    return np.where(inside, ids, IGNORE_INDEX).astype(np.int32, copy=False), np.flatnonzero(~ok).tolist()
+
+
+def _keep_columns(cols: Columns, max_length: int, stats: dict) -> tuple[Columns, list[int], Any]:
+    """:func:`_keep` over a batch: the kept rows (truncated to ``max_length``), their indices in the
+    batch and whether each was truncated; ``stats`` updated."""
+    import numpy as np
+
+    lengths = cols.lengths
+    o = _row_offsets(lengths)
+    cut = lengths > max_length
+    trained = cols.labels != IGNORE_INDEX
+    window = None
+    if cut.any():
+        window = np.arange(len(trained)) - np.repeat(o[:-1], lengths) < max_length
+        trained &= window
+    counted = _row_offsets(trained)
+    n_train = counted[o[1:]] - counted[o[:-1]]
+    nonempty = lengths > 0
+    n_train[nonempty] -= trained[o[:-1][nonempty]]  # label 0 is never a target
+    kept = n_train > 0
+    stats["dropped_no_trainable"] += int(len(kept) - kept.sum())
+    stats["kept"] += int(kept.sum())
+    stats["truncated"] += int((cut & kept).sum())
+    new_lengths = np.minimum(lengths, max_length)[kept]
+    stats["tokens"] += int(new_lengths.sum())
+    stats["trainable_tokens"] += int(n_train[kept].sum())
+    if window is not None or not kept.all():
+        mask = np.repeat(kept, lengths) if window is None else window & np.repeat(kept, lengths)
+        cols = Columns(cols.input_ids[mask], cols.labels[mask], new_lengths)
+    return cols, np.flatnonzero(kept).tolist(), cut[kept]
 
 
 def compare_tokenizers(records: Iterable[dict], template: Template, fast, slow, limit: int) -> dict:

@@ -70,6 +70,22 @@ def split(text: str, spans: list[tuple[int, int]]) -> list[Segment]:
     return _merge(out + [(text[pos:], False)])
 
 
+def merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The trainable spans of ``split(text, spans)`` (the character spans of its trainable pieces):
+    sorted, overlaps cut, empty ones dropped, touching ones merged."""
+    out: list[tuple[int, int]] = []
+    pos = 0
+    for start, end in sorted(spans):
+        start = max(start, pos)
+        if end > start:
+            if out and out[-1][1] == start:
+                out[-1] = (out[-1][0], end)
+            else:
+                out.append((start, end))
+            pos = end
+    return out
+
+
 @dataclass(frozen=True)
 class Template:
     """``name``, the Jinja ``chat_template`` and where it was read from (``origin``: the
@@ -107,6 +123,18 @@ class Template:
         if messages[-1]["role"] != "assistant":
             raise TemplateError(f"{self.name}: a training record must end with an assistant turn")
         return split(*self._render(messages, bos, eos, False))
+
+    def render_spans(self, record: dict, eos: str, bos: str = "<s>") -> tuple[str, list[tuple[int, int]]]:
+        """``render_segments`` as the whole text and the ``[start, end)`` character spans of its
+        trainable pieces (what tokenizing needs), without cutting the text into pieces."""
+        if is_text_record(record):
+            text = record["text"] + eos
+            return text, [(0, len(text))] if text else []
+        messages = self.to_messages(record)
+        if messages[-1]["role"] != "assistant":
+            raise TemplateError(f"{self.name}: a training record must end with an assistant turn")
+        text, spans = self._render(messages, bos, eos, False)
+        return text, merge_spans(spans)
 
     def render(self, record: dict, eos: str, bos: str = "<s>") -> str:
         return "".join(text for text, _ in self.render_segments(record, eos, bos))
