@@ -130,15 +130,22 @@ def _write_arrow(table, path: Path) -> None:
         writer.write_table(table)
 
 
-def encode_chunk(job: tuple) -> tuple[str, dict]:
-    """One chunk: ``(jsonl path, start, end, spec, base_dir, arrow path)`` -> ``(arrow path, stats)``."""
+def _encode_table(path: str, start: int, end: int, spec: dict, base_dir: str):
+    """One chunk of a jsonl file -> (an Arrow table of its rows, stats)."""
     from reprotune import templates
     from reprotune.tokenize import encode_columns
 
-    path, start, end, spec, base_dir, out = job
     cols, stats = encode_columns(_records(Path(path), start, end), templates.get(spec["template"]),
                                  _tokenizer(base_dir, spec), int(spec["max_length"]))
-    _write_arrow(_table(cols), Path(out))
+    return _table(cols), stats
+
+
+def encode_chunk(job: tuple) -> tuple[str, dict]:
+    """One chunk in a worker process: ``(jsonl path, start, end, spec, base_dir, arrow path)`` ->
+    ``(arrow path, stats)`` (the table goes back through the file)."""
+    path, start, end, spec, base_dir, out = job
+    table, stats = _encode_table(path, start, end, spec, base_dir)
+    _write_arrow(table, Path(out))
     return out, stats
 
 
@@ -148,8 +155,10 @@ def _add(total: dict, part: dict) -> dict:
 
 
 def _encode_file(path: Path, spec: dict, base_dir: Path, tmp: Path, threads: int, chunk_bytes: int):
-    """Encode one jsonl file in chunks; the joined (memory-mapped) dataset and the counts."""
+    """Encode one jsonl file in chunks; the joined Arrow table (memory-mapped chunk files when
+    worker processes wrote them) and the counts."""
     import datasets
+    import pyarrow as pa
 
     from reprotune.tokenize import new_stats
 
@@ -159,13 +168,14 @@ def _encode_file(path: Path, spec: dict, base_dir: Path, tmp: Path, threads: int
         _tokenizer(base_dir, spec)  # here, not in every worker: loading it imports torch (seconds)
         with ProcessPoolExecutor(max_workers=min(threads, len(jobs))) as pool:
             results = list(pool.map(encode_chunk, jobs))
-    else:
-        results = [encode_chunk(j) for j in jobs]
+        tables = [datasets.Dataset.from_file(p).data.table for p, _ in results]
+    else:  # in this process: the tables stay in memory (no temporary files)
+        results = [_encode_table(*job[:5]) for job in jobs]
+        tables = [t for t, _ in results]
     stats = new_stats()
     for _, part in results:
         stats = _add(stats, part)
-    parts = [datasets.Dataset.from_file(p) for p, _ in results]
-    return (datasets.concatenate_datasets(parts) if parts else None), stats
+    return (pa.concat_tables(tables) if tables else None), stats
 
 
 def packed_table(unpacked, capacity: int):
@@ -245,7 +255,7 @@ def build(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, threads: in
             raise DatasetError(f"no trainable rows in {train_file} (stats: {stats})")
         log.info("train: %s", json.dumps(stats, sort_keys=True))
         fp = _fingerprint(spec, train_file, Path(base_dir), "train")
-        table = train.data.table
+        table = train
         _save(table.slice(0, PROBE_ROWS), tmp / "probe", fp + "p")
         report = {"spec": spec, "train": stats,
                   "tokenizer": describe(_tokenizer(base_dir, spec)),
@@ -258,7 +268,7 @@ def build(spec: dict, data_dir: Path, base_dir: Path, out_dir: Path, threads: in
         if val_file.is_file() and val_file.stat().st_size:
             val, report["val"] = _encode_file(val_file, spec, Path(base_dir), Path(scratch), threads, chunk_bytes)
             if val is not None and len(val):
-                _save(val.data.table, tmp / "val", _fingerprint(spec, val_file, Path(base_dir), "val"))
+                _save(val, tmp / "val", _fingerprint(spec, val_file, Path(base_dir), "val"))
         atomic_write_json(tmp / "stats.json", report)
     return report
 
