@@ -250,7 +250,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_fixture_set():
     assert NAMES == sorted(["axolotl", "bullets-qlora", "collapsed", "contradiction", "custom-prompt",
-                            "fenced-config", "lora-table", "trainer-autogen"])
+                            "fenced-config", "lora-table", "prose-json", "trainer-autogen"])
     for name in NAMES:
         exp = expected(name)
         assert exp["id"] == name

@@ -19,8 +19,8 @@ from .facts import config_blocks
 from .markdown import Card
 
 _ID = r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*"
-_ABOUT_BASE = re.compile(r"base[ _-]?model|fine-?tuned? (?:from|on|version of)|based on|finetune of|"
-                         r"fine-?tuning (?:of|on)", re.I)
+_ABOUT_BASE = re.compile(r"base[ _-]?model|fine-?tun(?:ed|ing|e)\b|based on|finetune of|trained (?:on top of|from)",
+                         re.I)
 _MODEL_KEYS = ("model_name", "model_name_or_path", "base_model", "pretrained_model_name_or_path", "model_path",
                "base_model_name_or_path", "model")
 

@@ -173,6 +173,7 @@ PROSE = [
     ("max_length", r"(?:context\s+(?:size|length|window)|max(?:imum)?\s+(?:sequence\s+|seq\s+|input\s+)?length|sequence\s+length|cutoff\s+length)\s*(?:of|was|is|:|=)?\s*(\d+)", 1, "length", "prose"),
     ("warmup_ratio", rf"warm[- ]?up\s+(?:ratio\s+)?(?:of\s+)?{_N}\s*%", 1, "float_percent", "prose"),
     ("warmup_ratio", rf"warm[- ]?up\s+ratio\s*(?:of|was|is|:|=)?\s*{_N}(?!\s*%)", 1, "ratio", "prose"),
+    ("warmup_ratio", rf"{_N}\s*%\s+(?:of\s+(?:the\s+)?(?:steps\s+)?(?:for\s+)?)?(?:linear\s+)?warm[- ]?up", 1, "float_percent", "prose"),
     ("warmup_steps", r"(\d+)\s+warm[- ]?up\s+steps|warm[- ]?up\s+(?:of\s+)?(\d+)\s+steps", (1, 2), "int", "prose"),
     ("rope_linear", r"linear\s+(?:scaling\s+of\s+)?rope|rope\s+(?:scaling|interpolation)[^.]{0,30}\blinear", 0, "const_linear", "prose"),
     ("rope_scaling.factor", rf"(?:rope|scaling)[^.]{{0,40}}?\bfactor\s*(?:of|:|=)?\s*{_N}", 1, "float", "prose"),
