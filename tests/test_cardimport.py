@@ -246,3 +246,13 @@ def test_reported_results_pick_the_eval_suite():
     assert d.recipe["eval"]["suite"] == "open_llm_v2"
     assert draft("# M\n\nNo results here, only a long enough description line.\n", "m").recipe["eval"]["suite"] \
         == "open_llm_v1"
+
+
+def test_cli_reads_a_repo_directory(tmp_path):
+    repo = tmp_path / "model-repo"
+    repo.mkdir()
+    (repo / "README.md").write_text("---\nlicense: mit\n---\n# M\n\nA description long enough to be one.\n",
+                                    encoding="utf-8")
+    r = _cli("import-card", str(repo), "--id", "m", "--out", str(tmp_path / "m.yaml"))
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load((tmp_path / "m.yaml").read_text(encoding="utf-8"))["card"]["license"] == "mit"

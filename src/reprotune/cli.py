@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_validate)
 
     s = sub.add_parser("import-card", help="draft a recipe from a model card (every guess listed, TODOs for the rest)")
-    s.add_argument("card", help="the model card (README.md) to read")
+    s.add_argument("card", help="the model card to read (a README.md, or a model repo directory holding one)")
     s.add_argument("--id", required=True, help="the recipe id (also the file name recipes/<id>.yaml)")
     s.add_argument("--out", required=True, help="where to write the draft")
     s.add_argument("--base-revision", default=None, help="pin base_model.revision (a commit sha)")

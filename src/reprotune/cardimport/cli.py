@@ -17,6 +17,8 @@ class CardImportError(ValueError):
 def run(card: Path, recipe_id: str, out: Path, base_revision: str | None = None, force: bool = False) -> int:
     if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", recipe_id):
         raise CardImportError(f"--id {recipe_id!r}: a recipe id is lowercase letters, digits, '.' and '-'")
+    if card.is_dir():   # a model repo checkout: its card is README.md
+        card = card / "README.md"
     try:
         text = card.read_text(encoding="utf-8")
     except FileNotFoundError:
