@@ -183,10 +183,7 @@ def _sources(card: markdown.Card, acc: _Acc) -> tuple[dict, dict]:
         sources[name] = _source(repo, name, where, acc)
         mix[name] = _mix_entry(repo, name, share, len(repos), stated, acc)
     if not sources:
-        sources["data"] = {"repo": acc.todo(("sources", "data", "repo"), "Which Hub dataset(s) was it trained on?"),
-                           "revision": None, "files": ["TODO: which files of the dataset?"],
-                           "format": acc.todo(("sources", "data", "format"), "Which reader format fits its rows?")}
-        acc.todos.append(("sources.data.files", "which files of the dataset?"))
+        sources["data"] = _unknown_source("data", None, acc)
         mix["data"] = {"fraction": 1.0}
     return sources, mix
 
@@ -217,12 +214,7 @@ def _source(repo: str, name: str, where: str, acc: _Acc) -> dict:
     entry = data.registry().get(repo)
     acc.at(("sources", name, "repo"), where)
     if entry is None:
-        src = {"repo": repo, "revision": None,
-               "files": [acc.todo(("sources", name, "files"), f"Which files of {repo} were used (glob patterns)?")],
-               "format": acc.todo(("sources", name, "format"), f"Which reader format fits the rows of {repo}?"),
-               "filters": [{"name": "empty_turns"}, {"name": "exact_dedup"}]}
-        acc.todos[-2] = (f"sources.{name}.files", acc.todos[-2][1])
-        return src
+        return _unknown_source(name, repo, acc)
     src = {"repo": repo, "revision": None, "files": list(entry["files"]), "format": entry["format"]}
     for key in ("options", "license"):
         if key in entry:
@@ -231,6 +223,17 @@ def _source(repo: str, name: str, where: str, acc: _Acc) -> dict:
     if entry.get("files_note"):
         acc.notes.append(f"sources.{name}.files: {entry['files_note']}; check which part the card means.")
     return src
+
+
+def _unknown_source(name: str, repo: str | None, acc: _Acc) -> dict:
+    """A source the registry does not know (or, without ``repo``, a card naming no dataset): its
+    repo, files and reader format are questions."""
+    what = repo or "the dataset"
+    return {"repo": repo or acc.todo(("sources", name, "repo"), "Which Hub dataset(s) was it trained on?"),
+            "revision": None,
+            "files": [acc.todo(("sources", name, "files"), f"Which files of {what} were used (glob patterns)?")],
+            "format": acc.todo(("sources", name, "format"), f"Which reader format fits the rows of {what}?"),
+            "filters": [{"name": "empty_turns"}, {"name": "exact_dedup"}]}
 
 
 def _mix_entry(repo: str, name: str, share: data.Share | None, n: int, stated: bool, acc: _Acc) -> dict:

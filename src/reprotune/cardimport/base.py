@@ -10,12 +10,12 @@ most pieces agree on wins, ties go to the most explicit piece, and the note list
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import NamedTuple
 
 from reprotune import bases
 
 from .data import norm
-from .facts import config_blocks
 from .markdown import Card
 
 _ID = r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*"
@@ -37,6 +37,7 @@ def size_of(text: str) -> str | None:
     return f"{m.group(1)}b" if m else None
 
 
+@lru_cache(maxsize=None)
 def _patterns() -> list[tuple[str, re.Pattern]]:
     """A regex per known base: its name's parts (letters / digits) with any separators between."""
     out = []
@@ -66,7 +67,7 @@ def evidence(card: Card, title: str) -> list[Evidence]:
             for m in re.finditer(rf"huggingface\.co/({_ID})", b.text):
                 if not m.group(1).startswith(("datasets/", "spaces/")):
                     found.append(Evidence(m.group(1).rstrip("/)"), size_of(m.group(1)), f"{sec} (link)", 1))
-    for b, data in config_blocks(card):
+    for b, data in card.configs:
         for value in _model_paths(data):
             known = _known(value.rstrip("/").split("/")[-1])
             repo = value if re.fullmatch(_ID, value) and not value.startswith("/") else known

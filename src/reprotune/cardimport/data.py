@@ -15,8 +15,7 @@ from typing import NamedTuple
 import yaml
 
 from . import values
-from .facts import config_blocks
-from .markdown import Card
+from .markdown import Card, leaves
 
 REGISTRY_DIR = Path(__file__).with_name("datasets")
 _ID = r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*"
@@ -53,6 +52,7 @@ def source_name(repo: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", repo.split("/")[-1].lower()).strip("_") or "data"
 
 
+@lru_cache(maxsize=None)
 def _by_name() -> dict[str, str]:
     out = {}
     for repo, e in registry().items():
@@ -67,7 +67,7 @@ def mentions(card: Card) -> list[Mention]:
     for repo in fm if isinstance(fm, list) else [fm]:
         if isinstance(repo, str) and re.fullmatch(_ID, repo.strip()):
             found.append(Mention(repo.strip(), "front matter 'datasets'", "front_matter"))
-    for b, cfg in config_blocks(card):
+    for b, cfg in card.configs:
         for repo in _config_datasets(cfg):
             found.append(Mention(repo, f"{b.where.split(' > ')[-1]} (fenced config, datasets '{repo}')", "config"))
     for b in card.blocks:
@@ -90,7 +90,7 @@ def mentions(card: Card) -> list[Mention]:
 def _config_datasets(cfg: dict) -> list[str]:
     """Hub ids in a training config's ``datasets`` list (axolotl ``- path: org/name``)."""
     out = []
-    for path, items in _walk(cfg):
+    for path, items in leaves(cfg):
         if path[-1] != "datasets" or not isinstance(items, list):
             continue
         for item in items:
@@ -141,7 +141,7 @@ def shares(card: Card) -> dict[str, list[Share]]:
                 name = (m.group(1) or m.group(2)).strip("[]`*")
                 out.setdefault(norm(name), []).append(
                     Share(1.0, False, None, f"{b.where.split(' > ')[-1]} (text '{m.group(0).strip()}')", m.group(0)))
-    for b, data in config_blocks(card):
+    for b, data in card.configs:
         out_cfg = _config_shares(b, data)
         for k, v in out_cfg.items():
             out.setdefault(k, []).extend(v)
@@ -151,7 +151,7 @@ def shares(card: Card) -> dict[str, list[Share]]:
 def _config_shares(block, data: dict) -> dict[str, list[Share]]:
     """A training config's ``datasets`` list ({name: {fraction, max_val_set}} or names); a dataset
     without a fraction takes its "name: NN%" line of a composition comment, or all its rows."""
-    items = next((v for path, v in _walk(data) if path[-1] == "datasets" and isinstance(v, list)), None)
+    items = next((v for path, v in leaves(data) if path[-1] == "datasets" and isinstance(v, list)), None)
     if not items:
         return {}
     train_part = re.split(r"(?im)^\s*#\s*valid", block.text)[0]
@@ -167,13 +167,6 @@ def _config_shares(block, data: dict) -> dict[str, list[Share]]:
         where = f"{sec} (fenced config, datasets '{name}')"
         out.setdefault(norm(name), []).append(Share(frac, False, values.as_int(opts.get("max_val_set")), where, str(item)))
     return out
-
-
-def _walk(data, path=()):
-    if isinstance(data, dict):
-        for k, v in data.items():
-            yield (*path, str(k)), v
-            yield from _walk(v, (*path, str(k)))
 
 
 def share_for(repo: str, table: dict[str, list[Share]]) -> Share | None:

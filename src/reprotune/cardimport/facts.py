@@ -8,7 +8,6 @@ values go through :mod:`reprotune.cardimport.values`.
 """
 from __future__ import annotations
 
-import json
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Iterator, NamedTuple
 import yaml
 
 from . import values
-from .markdown import Block, Card
+from .markdown import Block, Card, leaves
 
 KEYS_FILE = Path(__file__).with_name("keys.yaml")
 RANK = {"config": 0, "table": 1, "bullet": 2, "prose": 3, "mention": 4}
@@ -101,30 +100,10 @@ def _pairs_from_blocks(blocks: list[Block], size: str | None = None) -> Iterator
                 yield m.group(1), m.group(2), f"{sec} (bullet '{m.group(1).strip()}')", "bullet", b.text
 
 
-def _config_leaves(data: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
-    if isinstance(data, dict):
-        for k, v in data.items():
-            yield (*path, str(k)), v
-            yield from _config_leaves(v, (*path, str(k)))
-
-
-def config_blocks(card: Card) -> Iterator[tuple[Block, dict]]:
-    """Fenced blocks that hold a YAML or JSON mapping (a training config)."""
-    for b in card.blocks:
-        if b.kind != "fence" or b.lang not in ("", "yaml", "yml", "json", "text"):
-            continue
-        try:
-            data = json.loads(b.text) if b.lang == "json" else yaml.safe_load(b.text)
-        except (yaml.YAMLError, ValueError):
-            continue
-        if isinstance(data, dict) and len(list(_config_leaves(data))) >= 3:
-            yield b, data
-
-
 def _from_configs(card: Card) -> Iterator[Fact | Unread]:
     table = key_table()
-    for b, data in config_blocks(card):
-        for path, v in _config_leaves(data):
+    for b, data in card.configs:
+        for path, v in leaves(data):
             keys = [norm_key("_".join(path[-2:])), norm_key(path[-1])] if len(path) > 1 else [norm_key(path[-1])]
             hit = next((table[k] for k in keys if k in table), None)
             if hit is None or (isinstance(v, (dict, list)) and hit[1] not in ("rope", "modules")):

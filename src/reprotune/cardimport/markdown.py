@@ -10,8 +10,9 @@ whitespace and the draft says so.
 """
 from __future__ import annotations
 
+import json
 import re
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import yaml
 
@@ -41,6 +42,7 @@ class Card(NamedTuple):
     blocks: list[Block]
     collapsed: bool
     text: str          # the body as read (restored when collapsed)
+    configs: list      # (fence Block, mapping): the fenced YAML/JSON training configs, parsed once
 
     def sections(self) -> list[str]:
         return sorted({b.where for b in self.blocks})
@@ -216,6 +218,29 @@ def _blocks(body: str) -> list[Block]:
     return blocks
 
 
+def leaves(data: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    """(key path, value) of every key of a nested mapping, parents before their children."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield (*path, str(k)), v
+            yield from leaves(v, (*path, str(k)))
+
+
+def _configs(blocks: list[Block]) -> list[tuple[Block, dict]]:
+    """Fenced blocks that hold a YAML or JSON mapping of three keys or more (a training config)."""
+    out = []
+    for b in blocks:
+        if b.kind != "fence" or b.lang not in ("", "yaml", "yml", "json", "text"):
+            continue
+        try:
+            data = json.loads(b.text) if b.lang == "json" else yaml.safe_load(b.text)
+        except (yaml.YAMLError, ValueError):
+            continue
+        if isinstance(data, dict) and len(list(leaves(data))) >= 3:
+            out.append((b, data))
+    return out
+
+
 def parse(text: str) -> Card:
     text = text.replace("\r\n", "\n").lstrip("\ufeff")
     collapsed = is_collapsed(text)
@@ -229,4 +254,5 @@ def parse(text: str) -> Card:
             error = str(getattr(e, "problem", None) or e).splitlines()[0]
     if collapsed:
         body = _restore_body(body)
-    return Card(meta, error, _blocks(body), collapsed, body)
+    blocks = _blocks(body)
+    return Card(meta, error, blocks, collapsed, body, _configs(blocks))

@@ -18,7 +18,6 @@ from typing import NamedTuple
 
 from reprotune import templates
 
-from .facts import config_blocks
 from .markdown import Card
 
 S, I, U1, A1, U2, A2 = "\x01S\x01", "\x01I\x01", "\x01U1\x01", "\x01A1\x01", "\x01U2\x01", "\x01A2\x01"
@@ -164,7 +163,7 @@ CONFIG_KEYS = ("chat_template", "prompt_template", "template", "conversation_tem
 
 def from_config(card: Card) -> tuple[str, str] | None:
     """A built-in named by a training config's template key: (name, where)."""
-    for b, data in config_blocks(card):
+    for b, data in card.configs:
         for key in CONFIG_KEYS:
             value = data.get(key) if isinstance(data, dict) else None
             name = CONFIG_NAMES.get(str(value).strip().lower()) if isinstance(value, str) else None
