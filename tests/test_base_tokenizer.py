@@ -220,8 +220,8 @@ def test_label_sanity_passes_real_rows_and_short_answers(llama2_dir):
 
 
 def _sample(r, t, tok):
-    from reprotune.tokenize import _trainable_spans
+    from _tokens import trainable_spans
 
     segs = t.render_segments(r, tok.eos_token)
     enc = encode_full(r, t, tok, 10_000)
-    return enc["text"], _trainable_spans(segs), enc["input_ids"], enc["labels"]
+    return enc["text"], trainable_spans(segs), enc["input_ids"], enc["labels"]

@@ -186,7 +186,9 @@ def test_probed_offsets_labels_equal_per_token_labels(tok_variants, variant):
     at both ends, zero-width special tokens before and after."""
     import random
 
-    from reprotune.tokenize import _EncodingOffsets, _labels, _labels_encoding, _trainable_spans
+    from _tokens import trainable_spans
+
+    from reprotune.tokenize import _EncodingOffsets, _labels, _labels_encoding
 
     tok = tok_variants[variant]
     rng = random.Random(7)
@@ -202,7 +204,7 @@ def test_probed_offsets_labels_equal_per_token_labels(tok_variants, variant):
             cuts = sorted(rng.sample(range(1, n), min(n - 1, rng.randrange(0, 5)))) if n > 1 else []
             bounds = [0, *cuts, n]
             segs = [(text[a:b], rng.random() < 0.5) for a, b in zip(bounds, bounds[1:])]
-            cases.append(_trainable_spans(segs))
+            cases.append(trainable_spans(segs))
         for spans in cases:
             expected = _per_token(ids, offsets, spans)
             assert _labels(ids, offsets, spans) == expected, (text, spans)
@@ -481,9 +483,22 @@ def test_columns_check_labels_on_the_same_rows(byte_level_tokenizers, monkeypatc
             read.clear()
 
 
+def _raw_segments(t, r, eos, bos):
+    """The pieces of a record cut at the renderer's own generation spans (as rendered, unmerged)."""
+    from reprotune.templates.base import is_text_record, split
+
+    if is_text_record(r):
+        return [(r["text"] + eos, True)] if r["text"] + eos else []
+    messages = t.to_messages(r)
+    if messages[-1]["role"] != "assistant":
+        raise templates.TemplateError("a training record must end with an assistant turn")
+    return split(*t._render(messages, bos, eos, False))
+
+
 def test_render_spans_are_the_segments(byte_tok):
-    """``Template.render_spans``: the text and trainable spans of ``render_segments``, every template."""
-    from reprotune.tokenize import _trainable_spans
+    """``Template.render_spans`` (and so ``render_segments``, built on it): the text and trainable
+    spans of the pieces cut at the renderer's generation spans, every template."""
+    from _tokens import trainable_spans
 
     records = _random_records(200, seed=5) + [rec("q", ""), {"id": "e", "source": "t", "text": ""}]
     for name in templates.names():
@@ -491,9 +506,10 @@ def test_render_spans_are_the_segments(byte_tok):
         for r in records:
             for eos, bos in (("</s>", "<s>"), ("", "")):
                 try:
-                    segments = t.render_segments(r, eos, bos)
+                    segments = _raw_segments(t, r, eos, bos)
                 except templates.TemplateError:
                     with pytest.raises(templates.TemplateError):
                         t.render_spans(r, eos, bos)
                     continue
-                assert t.render_spans(r, eos, bos) == ("".join(s for s, _ in segments), _trainable_spans(segments))
+                assert t.render_spans(r, eos, bos) == ("".join(s for s, _ in segments), trainable_spans(segments))
+                assert t.render_segments(r, eos, bos) == segments

@@ -58,20 +58,6 @@ class TokenizeError(ValueError):
     """Labels cannot be made right for this template/tokenizer pair; one printable line."""
 
 
-def _trainable_spans(segments: list[tuple[str, bool]]) -> list[tuple[int, int]]:
-    spans: list[tuple[int, int]] = []
-    pos = 0
-    for text, trainable in segments:
-        end = pos + len(text)
-        if trainable and end > pos:
-            if spans and spans[-1][1] == pos:
-                spans[-1] = (spans[-1][0], end)
-            else:
-                spans.append((pos, end))
-        pos = end
-    return spans
-
-
 def _inside(spans: list[tuple[int, int]], starts: list[int], start: int, end: int) -> bool:
     if end <= start:
         return False  # zero-width tokens (bos/eos added by the post-processor)
@@ -148,9 +134,7 @@ def ids_and_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, in
 
 def encode_full(record: dict, template: Template, tokenizer, max_length: int) -> dict[str, Any]:
     """Like :func:`encode` but never drops; also returns ``truncated`` and ``text``."""
-    segments = _segments(template, record, tokenizer)
-    text = "".join(t for t, _ in segments)
-    spans = _trainable_spans(segments)
+    text, spans = template.render_spans(record, tokenizer.eos_token, tokenizer.bos_token or "")
     starts = [s for s, _ in spans]
     ids, offsets = ids_and_offsets(tokenizer, text)
     labels = [tid if _inside(spans, starts, int(s), int(e)) else IGNORE_INDEX for tid, (s, e) in zip(ids, offsets)]
@@ -550,11 +534,6 @@ def _keep(ids: list[int], labels: list[int], max_length: int, stats: dict) -> di
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels, "truncated": truncated}
 
 
-def _segments(template: Template, record: dict, tokenizer) -> list[tuple[str, bool]]:
-    """The record's ``(text, trainable)`` segments, rendered with this tokenizer's eos and bos."""
-    return template.render_segments(record, tokenizer.eos_token, tokenizer.bos_token or "")
-
-
 def _render_batches(records: Iterable[dict], template: Template, tokenizer, stats: dict, batch_size: int):
     """``(ids, texts, spans)`` per batch of renderable records (unrenderable ones are counted)."""
     rids, texts, spans_list = [], [], []
@@ -562,7 +541,7 @@ def _render_batches(records: Iterable[dict], template: Template, tokenizer, stat
     for record in records:
         stats["records"] += 1
         try:
-            text, spans = template.render_spans(record, eos, bos)  # = the segments' text, _trainable_spans
+            text, spans = template.render_spans(record, eos, bos)
         except TemplateError:
             stats["dropped_template"] += 1
             continue

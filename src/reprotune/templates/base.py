@@ -117,12 +117,7 @@ class Template:
     # -- rendering ----------------------------------------------------------------
     def render_segments(self, record: dict, eos: str, bos: str = "<s>") -> list[Segment]:
         """Ordered ``(text, trainable)`` pieces of a complete training record."""
-        if is_text_record(record):
-            return _merge([(record["text"], True), (eos, True)])
-        messages = self.to_messages(record)
-        if messages[-1]["role"] != "assistant":
-            raise TemplateError(f"{self.name}: a training record must end with an assistant turn")
-        return split(*self._render(messages, bos, eos, False))
+        return split(*self.render_spans(record, eos, bos))
 
     def render_spans(self, record: dict, eos: str, bos: str = "<s>") -> tuple[str, list[tuple[int, int]]]:
         """``render_segments`` as the whole text and the ``[start, end)`` character spans of its
