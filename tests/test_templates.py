@@ -397,6 +397,53 @@ def test_fast_renderer_equals_transformers_renderer(name):
     assert compared >= 25
 
 
+# generation bodies whose meaning depends on the block being a scope of its own (transformers'
+# call block): a plain `set` there is local to the block, so what follows it sees the outer value
+_SCOPED_BODIES = {
+    "set": "{% set tail = '!' %}{{ m['content'] }}",
+    "set tuple": "{% set tail, other = '!', '?' %}{{ m['content'] }}",
+    "set block": "{% set tail %}!{% endset %}{{ m['content'] }}",
+}
+
+
+@pytest.mark.parametrize("body", sorted(_SCOPED_BODIES))
+def test_generation_body_with_its_own_scope_renders_as_transformers(body, monkeypatch):
+    """A generation block that assigns a name keeps transformers' scoping (the call block), and the
+    fast renderer still equals transformers' on it; inlined, the same template renders otherwise."""
+    from reprotune.templates import engine
+
+    source = ("{% set tail = '' %}{% for m in messages %}{% if m['role'] == 'assistant' %}"
+              "{% generation %}" + _SCOPED_BODIES[body] + "{% endgeneration %}[{{ tail }}]"
+              "{% else %}{{ m['content'] }}{% endif %}{% endfor %}")
+    msgs = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    engine.check(source)
+    assert engine.render(source, msgs, "<s>", "</s>") == ("ua[]", [(1, 2)])
+    assert engine.render(source, msgs, "<s>", "</s>") == engine.render_reference(source, msgs, "<s>", "</s>")
+    engine._fast.cache_clear()
+    monkeypatch.setattr(engine, "_scoped", lambda body: False)
+    try:
+        assert engine.render(source, msgs, "<s>", "</s>") == ("ua[!]", [(1, 2)])  # why the fallback exists
+    finally:
+        engine._fast.cache_clear()
+
+
+def test_generation_body_without_a_scope_of_its_own_is_inlined():
+    """Every built-in's generation blocks (and a namespace assignment, which changes the same object
+    in both) are plain output around the body: no macro call per block."""
+    import jinja2.nodes as nodes
+
+    from reprotune.templates import engine
+
+    ns = ("{% set ns = namespace(n=0) %}{% for m in messages %}{% if m['role'] == 'assistant' %}"
+          "{% generation %}{% set ns.n = ns.n + 1 %}{{ m['content'] }}{% endgeneration %}{{ ns.n }}"
+          "{% else %}{{ m['content'] }}{% endif %}{% endfor %}")
+    msgs = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}] * 2
+    assert engine.render(ns, msgs, "<s>", "</s>") == engine.render_reference(ns, msgs, "<s>", "</s>")
+    for source in [ns] + [templates.get(n).chat_template for n in templates.names()]:
+        tree = engine._fast(source)[0].environment.parse(source)
+        assert not list(tree.find_all(nodes.CallBlock)), source[:60]
+
+
 def test_marker_characters_in_content_take_the_reference_path():
     from reprotune.templates import engine
 

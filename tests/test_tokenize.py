@@ -385,7 +385,8 @@ def test_byte_lengths_only_where_they_are_the_offsets(byte_level_tokenizers, tmp
 # ---------------------------------------------------------------- the batched path: rendering, columns
 def _random_records(n: int, seed: int):
     """Records of the awkward pieces of ``_random_rows`` (and decomposed characters a normalizer would
-    change), one to three turns, some long enough to be truncated, some plain text."""
+    change), one to three turns, some long enough to be truncated, some plain text (two in a row:
+    where one row's trained run ends, at its end, the next one's begins, at its start)."""
     import random
 
     rng = random.Random(seed)
@@ -396,7 +397,7 @@ def _random_records(n: int, seed: int):
 
     out = []
     for i in range(n):
-        if i % 9 == 0:
+        if i % 9 in (0, 1):
             out.append({"id": f"t/{i}", "source": "t", "text": text(40)})
             continue
         turns = [text(60 if i % 4 == 0 else 15) for _ in range(2 * rng.randrange(1, 4))]
@@ -513,3 +514,21 @@ def test_render_spans_are_the_segments(byte_tok):
                     continue
                 assert t.render_spans(r, eos, bos) == ("".join(s for s, _ in segments), trainable_spans(segments))
                 assert t.render_segments(r, eos, bos) == segments
+
+
+def test_columns_labels_when_a_span_holds_no_token_start():
+    """A trained span inside one token (no token starts in it) followed, across the row boundary, by
+    the next row's span from its start: both runs begin at the zero-width bos between them. The
+    labels are :func:`_labels_bytes`' row by row (the first row trains nothing, the second its token)."""
+    import numpy as np
+
+    from reprotune import tokenize as tk
+
+    nbytes = [3, 4, 1]  # bos "<s>" (zero-width where the post-processor adds it), "abcd", "x"
+    bs = tk.ByteSpans(nbytes, 1, 0, (), np.array(nbytes, dtype=np.int64))
+    texts, spans, rows = ["abcd", "x"], [[(2, 4)], [(0, 1)]], [[0, 1], [0, 2]]
+    ids = np.array([i for r in rows for i in r], dtype=np.int32)
+    labels, redo = tk._labels_columns(ids, np.array([2, 2], dtype=np.int64), texts, spans, bs)
+    want = [tk._labels_bytes(r, t, s, bs) for r, t, s in zip(rows, texts, spans)]
+    assert want == [[IGNORE_INDEX, IGNORE_INDEX], [IGNORE_INDEX, 2]] and redo == []
+    assert labels.tolist() == want[0] + want[1]

@@ -740,8 +740,10 @@ def _labels_columns(ids, lengths, texts: list[str], spans_list: list, bs: ByteSp
     The batch's tokens are laid end to end on one byte axis (each token as long as its bytes, the
     post-processor's own ``prefix``/``suffix`` tokens zero-width): a row tiles when its tokens' bytes
     add up to its text's; its spans, shifted to where the row starts on the axis, are then sorted and
-    disjoint across the batch, and a token is trained iff it lies inside the last span starting at
-    or before it (``np.searchsorted``): the run :func:`_labels_bytes` bisects for."""
+    disjoint across the batch, and a token of nonzero width is trained iff it lies inside one of them:
+    each span's tokens are a run, from the first token starting at or after the span's start to the
+    last ending at or before its end (two ``np.searchsorted`` over the tokens, per span): the run
+    :func:`_labels_bytes` bisects for."""
     import numpy as np
 
     sizes, spans_b = _byte_rows(texts, spans_list, bs)
@@ -766,12 +768,12 @@ def _labels_columns(ids, lengths, texts: list[str], spans_list: list, bs: ByteSp
                        count=2 * int(counts.sum()))
     shift = np.repeat(base[:-1][np.asarray(rows, dtype=np.int64)], counts)
     starts, ends = flat[0::2] + shift, flat[1::2] + shift
-    k = np.searchsorted(starts, end[:-1], side="right") - 1
-    inside = (k >= 0) & (nb > 0)
-    if len(ends):
-        inside &= end[1:] <= ends[np.maximum(k, 0)]
-    else:
-        inside[:] = False
+    lo = np.searchsorted(end[:-1], starts, side="left")  # each span's first token starting in it
+    hi = np.searchsorted(end[1:], ends, side="right")  # past its last token ending in it
+    has = hi > lo
+    n = len(ids) + 1  # bincount, not a fancy +=: two ranges may start at one zero-width token
+    depth = np.cumsum(np.bincount(lo[has], minlength=n) - np.bincount(hi[has], minlength=n))[:-1]
+    inside = (depth > 0) & (nb > 0)
     return np.where(inside, ids, IGNORE_INDEX).astype(np.int32, copy=False), np.flatnonzero(~ok).tolist()
 
 
