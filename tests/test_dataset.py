@@ -156,3 +156,25 @@ def test_train_refuses_tokens_built_with_other_settings(env, tmp_path):
         load_rows(out, spec)
     spec["train"]["max_length"] = 96
     assert len(load_rows(out, spec).rows) == dataset.load(out).stats["kept"]
+
+
+@pytest.mark.parametrize("line", [
+    b'{"a": 1, "b": [1.5, "x\\u00e9", null, true]}', b'  {"a": "\xc3\xa9"}\r', b'\t[1, 2]  ',
+    '{"a": "é ✓"}'.encode("utf-8-sig"), '{"a": 1}'.encode("utf-16"), '{"a": "b"}'.encode("utf-32-le"),
+    b'{"s": "\\ud800"}', b'{"s": "\xed\xa0\x80"}', b'{"n": NaN, "i": -Infinity}', b'{"big": 123456789012345678901234567890}',
+    b'{"a": 1} x', b'{"a": 1}{"b": 2}', b'\x0c{"a": 1}', b'{"a": 1}\x0b', b'{"a": ', b'{"a": "\xff"}', b'"just a string"',
+    b'{"dup": 1, "dup": 2}', b'{"a": "tab\there"}',
+])
+def test_loads_is_json_loads(line):
+    """The tokenize stage's line parser gives json.loads' value, or its error, on any line."""
+    from reprotune.dataset import _loads
+
+    try:
+        want = ("ok", json.loads(line))
+    except ValueError as e:
+        want = (type(e), str(e))
+    try:
+        got = ("ok", _loads(line))
+    except ValueError as e:
+        got = (type(e), str(e))
+    assert repr(got) == repr(want)  # repr: NaN is not equal to itself

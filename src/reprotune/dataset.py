@@ -99,12 +99,28 @@ def line_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> list[tuple[int, i
     return out
 
 
+_DECODER = json.JSONDecoder()
+
+
+def _loads(line: bytes):
+    """``json.loads(line)``, the same value and the same errors, at about half its cost on a UTF-8
+    line: decoded and stripped of JSON whitespace here, then parsed without the encoding detection
+    and the regex scans around the value; anything else (another encoding, a BOM, a surrogate, a
+    malformed line) takes ``json.loads`` itself."""
+    try:
+        text = line.decode("utf-8").strip(" \t\n\r")
+        value, end = _DECODER.raw_decode(text)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return json.loads(line)
+    return value if end == len(text) else json.loads(line)
+
+
 def _records(path: Path, start: int, end: int):
     with open(path, "rb") as f:
         f.seek(start)
         for line in f.read(end - start).splitlines():
             if line.strip():
-                yield json.loads(line)
+                yield _loads(line)
 
 
 def _table(cols):
