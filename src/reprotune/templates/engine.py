@@ -18,7 +18,9 @@ Jinja render itself. The data path renders every training row, so ``render`` use
 template of its own (:func:`_fast`): the same sandboxed Jinja environment settings
 (``trim_blocks``, ``lstrip_blocks``, ``loopcontrols``, ``raise_exception``, ``tojson``), with
 ``{% generation %}`` blocks wrapped in two private-use marker characters that are cut out after
-rendering, their positions being the spans. ``check`` proves, per template, that this gives the
+rendering, their positions being the spans (the markers are plain output around the block's body,
+not a macro call per block, unless the body needs a scope of its own: :class:`_Generation`).
+``check`` proves, per template, that this gives the
 text and spans of transformers' renderer on several conversations, and a conversation whose text
 contains a marker character goes through transformers' renderer (tests compare the two on every
 built-in over many records).
