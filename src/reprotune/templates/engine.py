@@ -36,6 +36,7 @@ from functools import lru_cache
 import jinja2
 import jinja2.ext
 import jinja2.nodes
+from jinja2.runtime import new_context
 
 # what transformers itself looks for (render_jinja_template), outside Jinja comments
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -103,8 +104,7 @@ def _scoped(body: list) -> bool:
     """Whether a generation block's body would mean something else outside a scope of its own: it
     assigns a plain name (``{% set x %}``: local to the block in transformers', seen after it
     here), defines a macro or call block, or reads a name a macro binds."""
-    from jinja2 import nodes
-
+    nodes = jinja2.nodes
     for n in nodes.Scope(body).find_all((nodes.Assign, nodes.AssignBlock, nodes.Macro, nodes.CallBlock, nodes.Name)):
         if isinstance(n, (nodes.Macro, nodes.CallBlock)):
             return True
@@ -146,8 +146,6 @@ def _render_fast(source: str, variables: dict) -> str:
     the variables; the same output and the same exceptions (render only rewrites their tracebacks).
     The context's record of which names are globals (``globals_keys``) only serves ``{% import %}``,
     which a template without a loader cannot do, so it is left empty."""
-    from jinja2.runtime import new_context
-
     template, globals_ = _fast(source)
     context = new_context(template.environment, template.name, template.blocks, {**globals_, **variables}, True)
     return "".join(template.root_render_func(context))
